@@ -1,0 +1,44 @@
+"""l2v_core: LLM2Vec in pure torch/transformers/peft. Never imports ray (usable anywhere)."""
+
+from .bidirectional import (
+    TESTED_MODEL_TYPES,
+    UnsupportedArchitectureError,
+    disable_bidirectional,
+    enable_bidirectional,
+    probe_is_bidirectional,
+    set_attention_mode,
+)
+from .default_model import DEFAULT_MODEL_NAME, default_model_dir
+from .device import pick_device_and_dtype
+from .encoder import Encoder, padding_share, plan_micro_batches
+from .loading import backbone_of, load_model, load_tokenizer, resolve_model_path, weights_sha256
+from .pooling import pool
+from .settings import CONFIG_FILE, POOLING_MODES, EncoderSettings
+from .tokenize import TokenizedBatch, check_texts, tokenize_texts
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_MODEL_NAME",
+    "POOLING_MODES",
+    "TESTED_MODEL_TYPES",
+    "Encoder",
+    "EncoderSettings",
+    "TokenizedBatch",
+    "UnsupportedArchitectureError",
+    "backbone_of",
+    "check_texts",
+    "default_model_dir",
+    "disable_bidirectional",
+    "enable_bidirectional",
+    "load_model",
+    "load_tokenizer",
+    "padding_share",
+    "pick_device_and_dtype",
+    "plan_micro_batches",
+    "pool",
+    "probe_is_bidirectional",
+    "resolve_model_path",
+    "set_attention_mode",
+    "tokenize_texts",
+    "weights_sha256",
+]
