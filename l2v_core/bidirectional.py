@@ -64,20 +64,20 @@ def disable_bidirectional(model: torch.nn.Module, *, verify: bool = True) -> tor
 def probe_is_bidirectional(model: torch.nn.Module) -> bool:
     """True if the first position's hidden state depends on the last token.
 
-    Runs a batch of one unpadded sequence, both with an all-ones attention mask and with none:
-    the cases where transformers may skip building a mask. Dropout is off during the probe.
+    Runs one unpadded batch (a sequence and a copy with its last token changed), both with an
+    all-ones attention mask and with none: the cases where transformers may skip building a mask
+    and fall back to a kernel's causal flag. Dropout is off during the probe.
     """
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
         vocab = model.get_input_embeddings().num_embeddings
-        ids = torch.tensor([[vocab // 3, vocab // 2, vocab // 5][:_PROBE_LENGTH]], device=device)
-        changed = ids.clone()
-        changed[0, -1] = (changed[0, -1] + 7) % vocab
+        ids = torch.tensor([[vocab // 3, vocab // 2, vocab // 5][:_PROBE_LENGTH]] * 2, device=device)
+        ids[1, -1] = (ids[1, -1] + 7) % vocab
         sees_future = []
         for mask in (torch.ones_like(ids), None):
-            first = [_first_hidden(model, x, mask) for x in (ids, changed)]
+            first = _first_hidden(model, ids, mask)
             sees_future.append(not torch.allclose(first[0], first[1], rtol=0, atol=1e-6))
     finally:
         model.train(was_training)
@@ -90,5 +90,6 @@ def probe_is_bidirectional(model: torch.nn.Module) -> bool:
 
 
 def _first_hidden(model, input_ids, attention_mask) -> torch.Tensor:
+    """(b, s) ids -> (b, d) last-layer states at position 0."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
-    return out.hidden_states[-1][0, 0].float()
+    return out.hidden_states[-1][:, 0].float()
