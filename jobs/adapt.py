@@ -1,0 +1,109 @@
+"""Adapt a decoder-only LLM into a text encoder: bidirectional -> MNTP -> SimCSE -> export (LLM2Vec).
+
+Every stage is a Ray Train run that checkpoints to --storage-path and resumes when re-run with
+the same --name. The encoder lands in OUTPUT/encoder/, the peft adapters in OUTPUT/adapters/.
+
+Local, quick profile (2-core CPU, minutes; defaults to SmolLM2-135M-Instruct):
+    python jobs/adapt.py --corpus ../shared/data/wikitext2/wiki.test.raw \\
+        --simcse-corpus ../shared/data/wiki1m_prefix/wiki1m_for_simcse.first11914.txt \\
+        --output out/adapt --profile quick
+
+On a Ray cluster (GPU workers, shared storage; paper settings):
+    ray job submit --working-dir . -- python jobs/adapt.py --corpus s3://bucket/wikitext103/ \\
+        --output /mnt/nfs/l2v/mistral --base-model /mnt/nfs/models/Mistral-7B-Instruct-v0.2 \\
+        --config jobs/configs/paper_mistral.yaml --num-workers 8 --use-gpu \\
+        --storage-path s3://bucket/l2v-runs --name mistral-l2v
+
+One stage alone: --stages mntp (then --stages simcse --base-model OUTPUT/encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="MNTP text: parquet file/folder with a text column, or text files")
+    p.add_argument("--simcse-corpus", help="SimCSE sentences, one per line (default: sentences split from --corpus)")
+    p.add_argument("--output", required=True, help="output folder (encoder/, adapters/, logs/, loss_curves.png)")
+    p.add_argument("--base-model", help="model name or folder (default: SmolLM2-135M-Instruct, offline)")
+    p.add_argument("--profile", default="quick", help="settings in jobs/configs/<profile>.yaml: quick, paper, ...")
+    p.add_argument("--config", help="a YAML config file (overrides --profile)")
+    p.add_argument("--stages", help="comma-separated stages to run, e.g. mntp,simcse")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers per stage")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker")
+    p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--storage-path", help="checkpoint storage: local folder, NFS or cloud URI (shared for multi-node)")
+    p.add_argument("--name", help="run name; re-running with the same name resumes")
+    p.add_argument("--mntp-steps", type=int)
+    p.add_argument("--simcse-steps", type=int)
+    p.add_argument("--mntp-lr", type=float)
+    p.add_argument("--simcse-lr", type=float)
+    p.add_argument("--mntp-batch-size", type=int)
+    p.add_argument("--simcse-batch-size", type=int)
+    p.add_argument("--text-column", help="text column of a parquet corpus")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a running cluster, else local)")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    """The YAML config with the command line's overrides applied, validated once more."""
+    from pipelines.train.config import AdaptConfig, load_config
+
+    path = Path(args.config) if args.config else CONFIGS / f"{args.profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+        raise SystemExit(f"no config {path}; profiles available: {', '.join(known)}")
+    raw = load_config(path).model_dump()
+    overrides = {
+        ("base_model",): args.base_model, ("text_column",): args.text_column,
+        ("stages",): args.stages.split(",") if args.stages else None,
+        ("cluster", "num_workers"): args.num_workers, ("cluster", "cpus_per_worker"): args.cpus_per_worker,
+        ("cluster", "use_gpu"): args.use_gpu, ("cluster", "storage_path"): args.storage_path,
+        ("cluster", "name"): args.name,
+        ("mntp", "steps"): args.mntp_steps, ("simcse", "steps"): args.simcse_steps,
+        ("mntp", "lr"): args.mntp_lr, ("simcse", "lr"): args.simcse_lr,
+        ("mntp", "batch_size"): args.mntp_batch_size, ("simcse", "batch_size"): args.simcse_batch_size,
+    }
+    for keys, value in overrides.items():
+        if value is not None:
+            target = raw
+            for key in keys[:-1]:
+                target = target[key]
+            target[keys[-1]] = value
+    return AdaptConfig.model_validate(raw)
+
+
+def main(argv=None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    cfg = build_config(args)
+    import ray
+
+    from pipelines.train.chain import run_chain
+
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    summary = run_chain(cfg, corpus=args.corpus, output=args.output, simcse_corpus=args.simcse_corpus)
+    print(f"\n{'stage':<14}{'steps':>7}{'batch':>7}{'wall s':>9}{'final loss':>12}")
+    for stage in summary["stages"][1:]:
+        print(f"{stage['name']:<14}{stage['steps']:>7}{stage['batch_size']:>7}{stage['wall_time_s']:>9}"
+              f"{stage['final_loss']:>12.4f}")
+    print(f"encoder: {summary['encoder']}\nadapters: {summary['adapters']}\nloss curves: {summary['loss_curves']}")
+    print(json.dumps({"adapt": {"encoder": summary["encoder"], "stages": [s["name"] for s in summary["stages"]]}}))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

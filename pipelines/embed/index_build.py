@@ -1,0 +1,293 @@
+"""FAISS index over the vectors parquet, built by streaming it in chunks.
+
+Cosine similarity: vectors are L2-normalized by the encoder, the index uses inner product.
+`choose_index` picks the index from the corpus size and a memory budget; `build_index` streams
+the vectors twice (a sample for training and recall queries, then the adds), never holding the
+whole corpus as one array besides the index itself. faiss ids are positions in that stream; the
+id map (`id_map.parquet`: faiss_id, id, file, row) leads back to the corpus id and to the row
+in the vectors parquet (where the text is, when stored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+ID_MAP_FILE = "id_map.parquet"
+INFO_FILE = "index_info.json"
+FLAT_MAX_ROWS = 50_000  # exact search below this (autofaiss' rule of thumb)
+CHUNK_ROWS = 16_384
+RECALL_K = 10
+HNSW_M = 32
+ID_MAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("id", pa.string()), ("file", pa.string()), ("row", pa.int64())])
+
+
+@dataclass
+class IndexSpec:
+    kind: str  # flat | ivf | ivfpq | hnsw
+    factory: str
+    reason: str
+    memory_bytes: int
+    params: dict = field(default_factory=dict)
+    train_size: int = 0
+
+
+def _ivf_nlist(n: int) -> int:
+    """About 4 x sqrt(N) lists, but at least 39 training vectors per list (faiss' k-means minimum)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+def _pq_bits(n_train: int) -> int:
+    """8-bit codes need >= 256 centroids' worth of training vectors; fewer bits on tiny corpora."""
+    return max(1, min(8, int(math.log2(max(2, n_train // 39)))))
+
+
+def choose_index(n: int, dim: int, requested: str = "auto", memory_budget: int = 4 << 30) -> IndexSpec:
+    """The index for `n` vectors of `dim` floats within `memory_budget` bytes (see docs/embed.md)."""
+    flat_bytes = n * dim * 4
+    nlist = _ivf_nlist(n)
+    ivf_bytes = flat_bytes + n * 8 + nlist * dim * 4
+    kind = requested
+    if requested == "auto":
+        if n <= FLAT_MAX_ROWS and flat_bytes <= memory_budget:
+            kind, reason = "flat", f"exact search: {n:,} vectors <= {FLAT_MAX_ROWS:,} and {_gib(flat_bytes)} fit the budget"
+        elif ivf_bytes <= memory_budget:
+            kind, reason = "ivf", f"{n:,} vectors > {FLAT_MAX_ROWS:,}; IVF-Flat ({_gib(ivf_bytes)}) fits the budget"
+        else:
+            kind, reason = "ivfpq", f"full vectors ({_gib(ivf_bytes)}) exceed the budget {_gib(memory_budget)}: IVF-PQ"
+    else:
+        reason = f"requested --index {requested}"
+    if kind == "flat":
+        spec = IndexSpec("flat", "Flat", reason, flat_bytes)
+    elif kind == "ivf":
+        spec = IndexSpec("ivf", f"IVF{nlist},Flat", reason, ivf_bytes, {"nlist": nlist}, min(n, 256 * nlist))
+    elif kind == "ivfpq":
+        spec = _ivfpq_spec(n, dim, nlist, memory_budget, reason, strict=requested == "auto")
+    elif kind == "hnsw":
+        hnsw_bytes = flat_bytes + n * HNSW_M * 2 * 4
+        spec = IndexSpec("hnsw", f"HNSW{HNSW_M}", reason, hnsw_bytes, {"M": HNSW_M, "efConstruction": 80})
+    else:
+        raise ValueError(f"unknown index kind {requested!r}; choose one of auto, flat, ivf, ivfpq, hnsw")
+    if spec.memory_bytes > memory_budget:
+        logger.warning("the %s index needs about %s, over the budget of %s (--index-memory)", spec.kind,
+                       _gib(spec.memory_bytes), _gib(memory_budget))
+    return spec
+
+
+def _ivfpq_spec(n: int, dim: int, nlist: int, budget: int, reason: str, strict: bool) -> IndexSpec:
+    fixed = nlist * dim * 4 + n * 8  # centroids + stored ids
+    divisors = [m for m in range(1, dim // 2 + 1) if dim % m == 0] or [1]
+    fitting = [m for m in divisors if fixed + n * m <= budget]
+    if not fitting and strict:
+        raise ValueError(
+            f"even the smallest IVF-PQ index ({_gib(fixed + n)}) for {n:,} vectors exceeds --index-memory "
+            f"{_gib(budget)}; raise the budget"
+        )
+    m = max(fitting) if fitting else min(divisors)
+    train = min(n, max(256 * 39, 64 * nlist))
+    bits = _pq_bits(train)
+    return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}x{bits}", reason, fixed + n * m * bits // 8 + 1,
+                     {"nlist": nlist, "pq_m": m, "pq_bits": bits}, train)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+# ------------------------------------------------------------------ streaming the vectors
+def vector_files(vectors_dir: Path) -> list[Path]:
+    return sorted(Path(vectors_dir).glob("*.parquet"))
+
+
+def count_vectors(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def iter_chunks(files: list[Path], columns: list[str], chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, int, pa.RecordBatch]]:
+    """(file index, first row in that file, batch) over every file in order."""
+    for file_index, path in enumerate(files):
+        row = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
+            yield file_index, row, batch
+            row += batch.num_rows
+
+
+def as_matrix(column: pa.Array, dim: int) -> np.ndarray:
+    """fixed_size_list<float32>[dim] -> (n, dim) float32 (respects slicing offsets)."""
+    return np.ascontiguousarray(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+
+
+# ------------------------------------------------------------------ build
+def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: str = "auto",
+                memory_budget: int = 4 << 30, recall_queries: int = 200, recall_target: float = 0.95,
+                seed: int = 0) -> dict:
+    """Write index.faiss, id_map.parquet and index_info.json into `version_dir`; returns the info
+    (plus 'tokens' and 'truncated' summed over the vectors)."""
+    start = time.perf_counter()
+    files = vector_files(vectors_dir)
+    n = count_vectors(files)
+    spec = choose_index(n, dim, requested, memory_budget)
+    logger.info("index: %s for %d vectors of dim %d (%s)", spec.factory, n, dim, spec.reason)
+    rng = np.random.default_rng(seed)
+    query_rows = np.sort(rng.choice(n, size=min(recall_queries, n), replace=False)) if n else np.zeros(0, np.int64)
+    train_rows = np.sort(rng.choice(n, size=min(spec.train_size, n), replace=False)) if spec.train_size else None
+    queries, train = _sample(files, dim, query_rows, train_rows)
+
+    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "hnsw":
+        index.hnsw.efConstruction = spec.params["efConstruction"]
+    if spec.kind == "ivfpq":
+        faiss.downcast_index(index).do_polysemous_training = False  # slow, and unused by IVF-PQ search here
+    if not index.is_trained:
+        if train is None or len(train) == 0:
+            raise ValueError(f"a {spec.kind} index needs training vectors; the corpus has none (use --index flat)")
+        logger.info("training %s on %d vectors", spec.factory, len(train))
+        index.train(train)
+    exact, totals = _add_all(index, spec, files, dim, version_dir, queries)
+    tuning = _tune(index, spec, queries, exact, recall_target)
+    faiss.write_index(index, str(version_dir / INDEX_FILE))
+    info = {
+        "factory": spec.factory,
+        "kind": spec.kind,
+        "metric": "inner_product",
+        "normalized": True,
+        "dim": dim,
+        "count": int(index.ntotal),
+        "params": spec.params,
+        "search_params": tuning["chosen"],
+        "train_size": 0 if train is None else int(len(train)),
+        "recall_at_10": tuning["recall"],
+        "recall_queries": int(len(queries)),
+        "recall_note": "queries: a random sample of corpus vectors; truth: exact inner-product search over all vectors",
+        "recall_target": recall_target,
+        "tuning": tuning["tried"],
+        "chosen_because": spec.reason,
+        "memory_bytes_estimate": int(spec.memory_bytes),
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "id_map": ID_MAP_FILE,
+        "index_file": INDEX_FILE,
+    }
+    (version_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return {**info, **totals}
+
+
+def _sample(files, dim, query_rows, train_rows) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pass 1: gather the sampled rows (global positions) for queries and training."""
+    wanted = query_rows if train_rows is None else np.union1d(query_rows, train_rows)
+    gathered = np.zeros((len(wanted), dim), dtype=np.float32)
+    position = 0
+    for _, _, batch in iter_chunks(files, ["embedding"]):
+        lo, hi = np.searchsorted(wanted, [position, position + batch.num_rows])
+        if hi > lo:
+            gathered[lo:hi] = as_matrix(batch.column(0), dim)[wanted[lo:hi] - position]
+        position += batch.num_rows
+    queries = gathered[np.searchsorted(wanted, query_rows)]
+    train = None if train_rows is None else gathered[np.searchsorted(wanted, train_rows)]
+    return queries, train
+
+
+def _add_all(index, spec: IndexSpec, files, dim, version_dir: Path, queries: np.ndarray):
+    """Pass 2: add every chunk, write the id map, keep the exact top-k of the recall queries."""
+    k = RECALL_K
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    totals = {"tokens": 0, "truncated": 0}
+    writer = pq.ParquetWriter(version_dir / ID_MAP_FILE, ID_MAP_SCHEMA)
+    position = 0
+    try:
+        for file_index, first_row, batch in iter_chunks(files, ["id", "embedding", "n_tokens", "truncated"]):
+            vectors = as_matrix(batch.column(1), dim)
+            ids = np.arange(position, position + len(vectors), dtype=np.int64)
+            if spec.kind in ("ivf", "ivfpq"):
+                index.add_with_ids(vectors, ids)
+            else:
+                index.add(vectors)
+            if len(queries):
+                best_scores, best_ids = _merge_top_k(best_scores, best_ids, queries @ vectors.T, ids, k)
+            writer.write_table(pa.table({
+                "faiss_id": ids, "id": batch.column(0),
+                "file": pa.array([f"vectors/{files[file_index].name}"] * len(ids), pa.string()),
+                "row": np.arange(first_row, first_row + len(ids), dtype=np.int64),
+            }, schema=ID_MAP_SCHEMA))
+            totals["tokens"] += int(np.asarray(batch.column(2)).sum())
+            totals["truncated"] += int(np.asarray(batch.column(3)).sum())
+            position += len(vectors)
+    finally:
+        writer.close()
+    return (best_ids, best_scores), totals
+
+
+def _merge_top_k(scores, ids, new_scores, new_ids, k):
+    all_scores = np.concatenate([scores, new_scores], axis=1)
+    all_ids = np.concatenate([ids, np.broadcast_to(new_ids, new_scores.shape)], axis=1)
+    take = min(k, all_scores.shape[1])
+    top = np.argpartition(-all_scores, take - 1, axis=1)[:, :take]
+    return np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_ids, top, 1)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray, found_scores: np.ndarray | None = None,
+                exact_scores: np.ndarray | None = None, tie_eps: float = 1e-5) -> float:
+    """Mean share of each query's exact top-k found by the index's top-k. With exact scores for
+    both, a found id that ties the k-th exact score also counts (equal vectors under two ids)."""
+    if len(exact) == 0:
+        return 1.0
+    hits = []
+    for q, (f, e) in enumerate(zip(found, exact)):
+        truth = set(e[e >= 0])
+        good = set(f[f >= 0]) & truth
+        if found_scores is not None and exact_scores is not None and len(truth):
+            kth = np.min(exact_scores[q][e >= 0])
+            good |= {i for i, s in zip(f, found_scores[q]) if i >= 0 and s >= kth - tie_eps}
+        hits.append(min(len(good), len(truth)) / max(1, len(truth)))
+    return float(np.mean(hits))
+
+
+def search_settings(kind: str, nlist: int | None = None) -> tuple[str | None, list[int]]:
+    """The knob that trades speed for recall, and the values tried from cheap to exhaustive."""
+    if kind in ("ivf", "ivfpq"):
+        start = max(1, nlist // 16)
+        values = sorted({min(nlist, start * 2**i) for i in range(20) if start * 2 ** (i - 1) < nlist})
+        return "nprobe", values
+    if kind == "hnsw":
+        return "efSearch", [16, 32, 64, 128, 256, 512]
+    return None, []
+
+
+def apply_search_params(index, params: dict) -> None:
+    for name, value in params.items():
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+
+
+def _tune(index, spec: IndexSpec, queries: np.ndarray, exact: tuple, target: float) -> dict:
+    """Raise nprobe / efSearch until recall@10 reaches `target` (or the knob is exhausted)."""
+    k = min(RECALL_K, index.ntotal) or 1
+    knob, values = search_settings(spec.kind, spec.params.get("nlist"))
+    tried, chosen = [], {}
+    exact_ids, exact_scores = exact
+    scores_are_exact = spec.kind != "ivfpq"  # PQ scores are approximations: no tie credit
+    for value in values or [None]:
+        params = {knob: value} if knob else {}
+        apply_search_params(index, params)
+        if len(queries):
+            found_scores, found = index.search(queries, k)
+        else:
+            found_scores, found = np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        recall = recall_at_k(found, exact_ids, found_scores if scores_are_exact else None, exact_scores)
+        tried.append({**params, "recall_at_10": round(recall, 4)})
+        chosen = params
+        if recall >= target:
+            break
+    return {"chosen": chosen, "recall": tried[-1]["recall_at_10"], "tried": tried}

@@ -1,0 +1,218 @@
+"""The output folder: versions, the CURRENT pointer, atomic publish, pruning and the run lock.
+
+    OUTPUT/
+      CURRENT                      one line: the published version's name
+      .lock                        held while a run writes (pid, host, start time)
+      versions/<name>/             one folder per run
+        vectors/*.parquet          id, embedding fixed_size_list<float32>[d], content_hash, n_tokens, truncated[, text]
+        quarantine.parquet         rows not embedded, with a reason
+        index.faiss, id_map.parquet, index_info.json
+        manifest.json              written last: a version without it is incomplete
+
+A version is published by writing CURRENT.tmp and renaming it over CURRENT (atomic on POSIX):
+readers see the old version or the new one, never a mix. Nothing a run writes lies outside
+OUTPUT, and names read back from disk are checked before use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CURRENT = "CURRENT"
+VERSIONS = "versions"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+VERSION_NAME = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
+
+
+class LockedError(RuntimeError):
+    """Another run holds the output's lock."""
+
+
+class NoPublishedVersionError(FileNotFoundError):
+    """The output folder has no published version yet."""
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts, refusing anything that would resolve outside root ('..', absolute parts, links)."""
+    root = Path(root).resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"path {'/'.join(parts)!r} escapes the output root {root}")
+    return path
+
+
+class OutputLayout:
+    def __init__(self, root: str | os.PathLike):
+        if "://" in str(root):
+            raise ValueError(f"--output must be a local or shared (NFS) folder, not {root}: publishing renames a file")
+        self.root = Path(root).expanduser().resolve()
+
+    # -------------------------------------------------------------- versions
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS
+
+    def version_dir(self, name: str) -> Path:
+        if not VERSION_NAME.match(name):
+            raise ValueError(f"{name!r} is not a version name (expected like 20260101T000000000000Z-ab12cd)")
+        return inside(self.root, VERSIONS, name)
+
+    def new_version(self) -> tuple[str, Path]:
+        """A fresh, empty version folder (names sort by creation time)."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        path = self.version_dir(name)
+        path.mkdir(parents=True, exist_ok=False)
+        return name, path
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if VERSION_NAME.match(p.name) and p.is_dir())
+
+    def is_complete(self, name: str) -> bool:
+        return (self.version_dir(name) / MANIFEST).is_file()
+
+    # -------------------------------------------------------------- CURRENT
+    def current(self) -> str | None:
+        """The published version's name, or None before the first publish."""
+        path = self.root / CURRENT
+        if not path.is_file():
+            return None
+        name = path.read_text().strip()
+        version = self.version_dir(name)  # validates the name
+        if not (version / MANIFEST).is_file():
+            raise FileNotFoundError(f"{path} names {name}, but {version / MANIFEST} is missing: the output is damaged")
+        return name
+
+    def current_dir(self) -> Path:
+        name = self.current()
+        if name is None:
+            raise NoPublishedVersionError(
+                f"{self.root} has no published version (no {CURRENT} file): run jobs/embed_corpus.py --output {self.root} first"
+            )
+        return self.version_dir(name)
+
+    def read_manifest(self, name: str | None = None) -> dict:
+        version = self.version_dir(name) if name else self.current_dir()
+        return json.loads((version / MANIFEST).read_text())
+
+    def publish(self, name: str) -> None:
+        """Atomically point CURRENT at `name` (which must be complete)."""
+        if not self.is_complete(name):
+            raise RuntimeError(f"refusing to publish {name}: it has no {MANIFEST} (incomplete)")
+        tmp = self.root / f".{CURRENT}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(name + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_dir(self.root)
+        logger.info("published %s", name)
+
+    def prune(self, keep: int, *, writing: str | None = None) -> list[str]:
+        """Delete complete versions beyond the newest `keep` (never the published one) and
+        incomplete leftovers of crashed runs (never the one being written). Call under the lock."""
+        current = self.current()
+        complete = [v for v in self.versions() if self.is_complete(v)]
+        keep_set = set(complete[-keep:]) | {current, writing}
+        removed = [v for v in self.versions() if v not in keep_set]
+        for name in removed:
+            shutil.rmtree(self.version_dir(name), ignore_errors=True)
+        if removed:
+            logger.info("pruned %d old or incomplete version(s): %s", len(removed), ", ".join(removed))
+        return removed
+
+    # -------------------------------------------------------------- lock
+    @contextmanager
+    def lock(self):
+        """Only one run writes an output at a time. A lock left by a dead process on this host
+        is stale and taken over; a live one makes this run refuse with LockedError."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        token = acquire_lock(path)
+        try:
+            yield
+        finally:
+            release_lock(path, token)
+
+
+def acquire_lock(path: Path) -> str:
+    token = uuid.uuid4().hex
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "token": token}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None and _age_s(path) < 10:
+                holder = {"pid": "?", "host": "?", "started": time.time()}  # being written right now
+            if holder is not None and not _is_stale(holder):
+                raise LockedError(
+                    f"{path.parent} is being written by pid {holder.get('pid')} on {holder.get('host')} since "
+                    f"{datetime.fromtimestamp(holder.get('started', 0), timezone.utc):%Y-%m-%d %H:%M:%S} UTC; "
+                    f"wait for it to finish (if that process is gone from another host, delete {path})"
+                ) from None
+            logger.warning("removing a stale lock %s left by %s", path, holder)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh)
+        return token
+    raise LockedError(f"could not take the lock {path}; another run is starting at the same moment")
+
+
+def release_lock(path: Path, token: str) -> None:
+    holder = _read_lock(path)
+    if holder is not None and holder.get("token") == token:
+        path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable or half-written: treated as stale
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _is_stale(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot check a process on another host
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

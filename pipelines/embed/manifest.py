@@ -1,0 +1,76 @@
+"""manifest.json: what a version holds and how it was made. Written last; its presence marks a
+version complete.
+
+The incremental re-index (issue 5) reads the published manifest to decide what it may reuse:
+`vector_identity` must be equal (same encoder weights and settings, same instruction and text
+composition), and the vectors parquet's (id, content_hash) say which documents are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .layout import MANIFEST
+
+FORMAT = "l2v-embed/1"
+TEXT_COMPOSITION = "title.strip() + '\\n\\n' + text when the row has a non-empty title, else text"
+
+
+def vector_identity(encoder_identity: dict, instruction: str | None, title_column: str | None) -> dict:
+    """Everything that decides a document's vector besides its text: equal identities mean a
+    stored vector can be reused for an unchanged content_hash."""
+    return {
+        "encoder": encoder_identity,
+        "instruction": instruction,
+        "title_column": title_column,
+        "text_composition": TEXT_COMPOSITION,
+        "normalized": True,
+    }
+
+
+def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, instruction: str | None,
+                   plan, counts: dict, index_info: dict, throughput: dict, timings: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "version": version,
+        "previous_version": previous,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "vector_identity": vector_identity(encoder["identity"], instruction, cfg.title_column),
+        "encoder": {
+            "source": encoder["source"],
+            "identity": encoder["identity"],
+            "settings": encoder["settings"],
+            "device": encoder["device"],
+            "dtype": encoder["dtype"],
+        },
+        "pipeline": cfg.model_dump(),
+        "input": {
+            "files": [{"path": p, "rows": n} for p, n in zip(plan.files, plan.num_rows)],
+            "bad_files": plan.bad_files,
+        },
+        "counts": counts,
+        "vectors": {"dir": "vectors", "dim": encoder["dim"], "rows": counts["rows_embedded"],
+                    "columns": ["id", "embedding", "content_hash", "n_tokens", "truncated"] + (["text"] if cfg.store_text else [])},
+        "quarantine": {"file": "quarantine.parquet", "rows": counts["rows_quarantined"]},
+        "index": {"file": index_info["index_file"], "id_map": index_info["id_map"], "info": "index_info.json",
+                  "factory": index_info["factory"], "count": index_info["count"],
+                  "recall_at_10": index_info["recall_at_10"]},
+        "throughput": throughput,
+        "timings_s": timings,
+    }
+
+
+def write_manifest(version_dir: Path, manifest: dict) -> Path:
+    """Write atomically (tmp + rename): a manifest is either whole or absent."""
+    path = version_dir / MANIFEST
+    tmp = version_dir / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,144 @@
+"""The steps of a run that use Ray: describe the encoder, scan files, embed the planned rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from .config import EmbedConfig
+from .scan import Columns, MissingColumnsError, Plan, scan_file
+from .stages import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
+
+logger = logging.getLogger(__name__)
+
+
+class BadFileError(RuntimeError):
+    """A corrupt or unreadable parquet file."""
+
+
+def ensure_ray() -> None:
+    """Join the cluster this driver runs in (ray job submit) or start a local one."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()  # inside `ray job submit`: the job's runtime_env applies; adding one here would conflict
+    else:
+        ray.init(runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+
+
+def placement(cfg: EmbedConfig) -> dict:
+    """Where embed actors run: one per GPU with num_gpus=1, else CPU actors."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    device = cfg.device or ("cuda" if gpus else "cpu")
+    on_gpu = device.startswith("cuda")
+    if on_gpu and not gpus:
+        raise RuntimeError(f"--device {device} but the Ray cluster has no GPU; drop --device or add GPU nodes")
+    actors = cfg.num_actors or (gpus if on_gpu else 1)
+    return {"device": device, "num_gpus": 1 if on_gpu else 0, "actors": actors}
+
+
+@ray.remote(num_cpus=1)
+def _describe(model: str | None, max_length: int | None, device: str, dtype: str | None) -> dict:
+    from l2v_core import Encoder, pick_device_and_dtype, resolve_model_path
+
+    device_, dtype_ = pick_device_and_dtype(device, dtype)
+    kwargs = {"max_length": max_length} if max_length else {}
+    encoder = Encoder.from_pretrained(model, device=device_, dtype=dtype_, **kwargs)
+    return {
+        "source": "default" if model in (None, "", "default") else resolve_model_path(model),
+        "tokenizer_path": resolve_model_path(model),
+        "identity": encoder.identity(),
+        "dim": encoder.dim,
+        "max_length": encoder.settings.max_length,
+        "instructions": dict(encoder.settings.instructions),
+        "settings": encoder.settings.model_dump(),
+        "device": str(device_),
+        "dtype": str(dtype_),
+    }
+
+
+def describe_encoder(cfg: EmbedConfig, where: dict) -> ray.ObjectRef:
+    """Load the encoder once where the actors will run (not on the driver): its identity, dim and
+    tokenizer path. Returns a reference; `ray.get` it."""
+    return _describe.options(num_gpus=where["num_gpus"]).remote(cfg.model, cfg.max_length, where["device"], cfg.dtype)
+
+
+_scan_task = ray.remote(num_cpus=1)(scan_file)
+
+
+def scan_files(files: list[str], columns: Columns, skip_bad_files: bool) -> tuple[list[dict], list[dict]]:
+    """Scan every file in Ray tasks -> (scans of readable files in file order, bad files)."""
+    refs = [_scan_task.remote(f, columns) for f in files]
+    pending, done, start = list(refs), 0, time.perf_counter()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=10.0)
+        done += len(ready)
+        if pending:
+            logger.info("scanned %d/%d files (%.0f s)", done, len(files), time.perf_counter() - start)
+    results = ray.get(refs)
+    missing = [r["missing_columns"] for r in results if "missing_columns" in r]
+    if missing:
+        raise MissingColumnsError(missing[0] + (f" ({len(missing)} files have this problem)" if len(missing) > 1 else ""))
+    bad = [{"path": r["path"], "error": r["error"]} for r in results if "error" in r]
+    if bad and not skip_bad_files:
+        raise BadFileError(
+            f"cannot read {bad[0]['path']}: {bad[0]['error']}"
+            + (f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else "")
+            + ". Fix or remove it, or pass --skip-bad-files to quarantine unreadable files by name."
+        )
+    for item in bad:
+        logger.warning("skipping unreadable file %s: %s", item["path"], item["error"])
+    return [r for r in results if "error" not in r], bad
+
+
+def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict, vectors_dir: Path,
+                       stats_dir: Path) -> float:
+    """read -> tokenize (CPU tasks) -> embed (actors) -> vectors parquet. Returns the seconds taken."""
+    start = time.perf_counter()
+    vectors_dir.mkdir(parents=True, exist_ok=True)
+    units = [
+        {"path": path, "keep": np.packbits(keep).tobytes(), "num_rows": int(n)}
+        for path, keep, n in zip(plan.files, plan.keep, plan.num_rows) if keep.any()
+    ]
+    if not units:
+        pq.write_table(vectors_schema(encoder["dim"], cfg.store_text).empty_table(), vectors_dir / "empty.parquet")
+        return 0.0
+    ray.data.DataContext.get_current().max_errored_blocks = 0  # a failed block fails the run: no silent loss
+    columns = Columns(cfg.id_column, cfg.text_column, cfg.title_column)
+    instruction = effective_instruction(cfg, encoder)
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    # Read and tokenize fuse into one CPU task stage; their num_cpus differs from the actors' so
+    # that Ray Data does not fuse them into the embed actors (tokenizing would then stall the GPU).
+    ds = ds.map_batches(read_planned_rows, batch_size=1, batch_format="pyarrow", num_cpus=cfg.tokenize_cpus,
+                        fn_kwargs={"columns": columns, "store_text": cfg.store_text})
+    ds = ds.map_batches(tokenize_rows, batch_size=cfg.tokenize_batch_size, batch_format="pyarrow",
+                        num_cpus=cfg.tokenize_cpus,
+                        fn_kwargs={"model_path": encoder["tokenizer_path"], "max_length": encoder["max_length"],
+                                   "instruction": instruction})
+    ds = ds.map_batches(
+        EmbedActor,
+        fn_constructor_kwargs={
+            "model": cfg.model, "identity": encoder["identity"], "max_length": cfg.max_length,
+            "device": where["device"], "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
+            "store_text": cfg.store_text, "stats_dir": str(stats_dir), "max_padding": cfg.max_padding,
+            "cpu_threads": cfg.cpu_threads or max(1, (os.cpu_count() or 1) // where["actors"]),
+        },
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=where["actors"]),
+        num_gpus=where["num_gpus"],
+        num_cpus=1,
+    )
+    ds.write_parquet(str(vectors_dir))
+    return time.perf_counter() - start
+
+
+def effective_instruction(cfg: EmbedConfig, encoder: dict) -> str | None:
+    """The instruction put before documents: the config's, else the encoder's 'document' one."""
+    return cfg.instruction if cfg.instruction is not None else encoder["instructions"].get("document")

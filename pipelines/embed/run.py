@@ -1,0 +1,173 @@
+"""One embedding run, top to bottom: scan -> plan -> embed -> index -> manifest -> publish.
+
+    from pipelines.embed import EmbedConfig, run_embed
+    result = run_embed(EmbedConfig(input=["corpus/"], output="out/index"))
+
+A crash anywhere before `publish` leaves the previously published version as it was; the
+half-written version folder is pruned by a later run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import ray
+
+from . import faults
+from .config import EmbedConfig
+from .index_build import build_index
+from .layout import OutputLayout
+from .incremental import copy_reused, has_changes, nothing_reused, plan_reuse
+from .manifest import build_manifest, vector_identity, write_manifest
+from .ray_steps import describe_encoder, effective_instruction, embed_planned_rows, ensure_ray, placement, scan_files
+from .scan import Columns, check_columns, open_parquet, plan_rows
+from .sources import list_parquet_files
+from .stages import read_actor_stats
+
+logger = logging.getLogger(__name__)
+
+QUARANTINE_FILE = "quarantine.parquet"
+
+
+@dataclass
+class EmbedResult:
+    version: str
+    version_dir: Path
+    manifest: dict
+    published: bool = True  # False: an incremental run found no changes and published nothing
+
+    @property
+    def counts(self) -> dict:
+        return self.manifest["counts"]
+
+
+def run_embed(cfg: EmbedConfig) -> EmbedResult:
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    layout = OutputLayout(cfg.output)
+    columns = Columns(cfg.id_column, cfg.text_column, cfg.title_column)
+    files = list_parquet_files(cfg.input)
+    _check_first_file(files[0], columns)
+    with layout.lock():
+        ensure_ray()
+        previous = layout.current()
+        where = placement(cfg)
+        encoder_ref = describe_encoder(cfg, where)
+        logger.info("scanning %d file(s)", len(files))
+        scans, bad_files = scan_files(files, columns, cfg.skip_bad_files)
+        plan = plan_rows(scans)
+        plan.bad_files = bad_files
+        encoder = ray.get(encoder_ref)
+        instruction = effective_instruction(cfg, encoder)
+        identity = vector_identity(encoder["identity"], instruction, cfg.title_column)
+        reuse = (plan_reuse(plan, layout, previous, identity, cfg.store_text) if cfg.incremental
+                 else nothing_reused("full run (not --incremental)"))
+        if cfg.incremental:
+            logger.warning("incremental: %s", reuse.reason)
+        timings["scan"] = _lap(started, timings)
+        logger.info("%d rows read: %d to embed, %d reused, %d quarantined", plan.rows_read,
+                    plan.rows_to_embed - reuse.rows, reuse.rows, plan.quarantine.num_rows)
+        faults.point("after_scan")
+        if cfg.incremental and previous and not has_changes(plan, reuse, layout.read_manifest(previous)):
+            print(f"no changes since the published version {previous}: nothing embedded, nothing published")
+            return EmbedResult(previous, layout.version_dir(previous), layout.read_manifest(previous), published=False)
+
+        version, version_dir = layout.new_version()
+        pq.write_table(plan.quarantine, version_dir / QUARANTINE_FILE)
+        embed_seconds = embed_planned_rows(plan, cfg, encoder, where, version_dir / "vectors", version_dir / "_stats")
+        reused_tokens = copy_reused(reuse, version_dir / "vectors")
+        timings["embed"] = _lap(started, timings)
+        faults.point("after_vectors")
+
+        index_info = build_index(
+            version_dir, version_dir / "vectors", encoder["dim"], requested=cfg.index,
+            memory_budget=cfg.index_memory_bytes, recall_queries=cfg.recall_queries,
+            recall_target=cfg.recall_target, seed=cfg.seed,
+        )
+        timings["index"] = _lap(started, timings)
+        faults.point("after_index")
+
+        counts = _counts(plan, index_info, reuse)
+        stats = read_actor_stats(version_dir / "_stats")
+        shutil.rmtree(version_dir / "_stats", ignore_errors=True)
+        tokens = index_info["tokens"] - reused_tokens  # embedded by this run
+        throughput = {
+            "tokens": tokens,
+            "embed_stage_s": round(embed_seconds, 3),
+            "tokens_per_s": round(tokens / embed_seconds, 1) if embed_seconds else None,
+            "actor_busy_tokens_per_s": round(stats["tokens"] / stats["busy_s"], 1) if stats["busy_s"] else None,
+            "padding_share": round(stats["padding_share"], 4),
+            "actors": where["actors"], "device": where["device"],
+        }
+        timings["total"] = round(time.perf_counter() - started, 3)
+        manifest = build_manifest(
+            version=version, previous=previous, cfg=cfg, encoder=encoder,
+            instruction=instruction, plan=plan, counts=counts,
+            index_info=index_info, throughput=throughput, timings=timings,
+        )
+        manifest["incremental"] = {"enabled": cfg.incremental, "decision": reuse.reason}
+        write_manifest(version_dir, manifest)  # last: marks the version complete
+        faults.point("before_publish")
+        layout.publish(version)
+        layout.prune(cfg.keep_versions, writing=version)
+    result = EmbedResult(version, version_dir, manifest)
+    print(format_summary(result, layout.root))
+    return result
+
+
+def _check_first_file(uri: str, columns: Columns) -> None:
+    """Fail on missing columns before starting anything (every file is checked again by the scan)."""
+    try:
+        schema = open_parquet(uri).schema_arrow
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the scan, with --skip-bad-files honoured
+        return
+    check_columns(uri, schema, columns)
+
+
+def _counts(plan, index_info: dict, reuse) -> dict:
+    if index_info["count"] != plan.rows_to_embed:
+        raise RuntimeError(
+            f"{plan.rows_to_embed} rows were planned (embedded or reused) but the vectors hold {index_info['count']}: "
+            f"refusing to publish an incomplete version"
+        )
+    counts = {
+        "rows_read": plan.rows_read,
+        "rows_embedded": index_info["count"] - reuse.rows,
+        "rows_reused": reuse.rows,
+        "rows_deleted": reuse.rows_deleted,
+        "rows_quarantined": plan.quarantine.num_rows,
+        "quarantine_by_reason": plan.quarantine_by_reason(),
+        "rows_truncated": index_info["truncated"],
+        "files_read": len(plan.files),
+        "files_skipped": len(plan.bad_files),
+    }
+    if counts["rows_read"] != counts["rows_embedded"] + counts["rows_reused"] + counts["rows_quarantined"]:
+        raise RuntimeError(f"row accounting does not add up: {counts}")
+    return counts
+
+
+def _lap(started: float, timings: dict) -> float:
+    return round(time.perf_counter() - started - sum(timings.values()), 3)
+
+
+def format_summary(result: EmbedResult, root: Path) -> str:
+    m = result.manifest
+    c, t, i = m["counts"], m["throughput"], m["index"]
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(c["quarantine_by_reason"].items())) or "none"
+    lines = [
+        f"published version {result.version} in {root}",
+        f"  rows read {c['rows_read']:,} = embedded {c['rows_embedded']:,} + reused {c['rows_reused']:,} + quarantined "
+        f"{c['rows_quarantined']:,} ({reasons}); deleted since the previous version: {c['rows_deleted']:,}",
+        f"  truncated texts: {c['rows_truncated']:,}; files skipped: {c['files_skipped']}",
+        f"  tokens {t['tokens']:,} in {t['embed_stage_s']} s: {t['tokens_per_s']} tokens/s "
+        f"({t['actors']} {t['device']} actor(s), padding {t['padding_share']:.1%})",
+        f"  index {i['factory']} ({i['count']:,} vectors): {result.version_dir / i['file']}, recall@10 {i['recall_at_10']}",
+        f"  quarantine: {result.version_dir / m['quarantine']['file']}",
+        f"  total {m['timings_s']['total']} s",
+    ]
+    return "\n".join(lines)

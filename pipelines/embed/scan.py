@@ -1,0 +1,251 @@
+"""Scan: read each file's id and text columns once, sort every row into "embed" or "quarantine".
+
+`scan_file` runs as a Ray task per file (no model; pyarrow only). It checks the columns, gives
+every row a reason when it cannot be embedded, and hashes the text of the others. `plan_rows`
+then works on the driver over the compact results: it resolves duplicate ids across all files
+and says, per file, which rows the embed stage reads. Nothing is dropped silently: every row
+read is either planned for embedding or has a quarantine row saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .sources import filesystem_of
+
+SCAN_BATCH_ROWS = 65536
+PREVIEW_CHARS = 120
+
+# Quarantine reasons (the `reason` column); `detail` says more in words.
+NULL_ID = "null_id"
+NULL_TEXT = "null_text"
+EMPTY_TEXT = "empty_text"
+NON_STRING_TEXT = "non_string_text"
+DUPLICATE_ID = "duplicate_id"
+REASONS = (NULL_ID, NULL_TEXT, EMPTY_TEXT, NON_STRING_TEXT, DUPLICATE_ID)
+
+GOOD_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("row", pa.int64())])
+BAD_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("text_preview", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("source_file", pa.string()), ("source_row", pa.int64()), ("text_preview", pa.string()),
+])
+
+
+class MissingColumnsError(ValueError):
+    """The id or text column (or the title column asked for) is not in a file."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    id: str
+    text: str
+    title: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, self.text] + ([self.title] if self.title else [])
+
+
+def compose_text(title, text: str) -> str:
+    """What is embedded and hashed: 'title\\n\\ntext' when the row has a title, else the text."""
+    if isinstance(title, str) and title.strip():
+        return f"{title.strip()}\n\n{text}"
+    return text
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_columns(uri: str, schema: pa.Schema, columns: Columns) -> None:
+    missing = [c for c in columns.names if c not in schema.names]
+    if missing:
+        raise MissingColumnsError(
+            f"{uri} has no column {', '.join(repr(m) for m in missing)}; its columns are: {', '.join(schema.names)}. "
+            f"Name the right ones with --id-column / --text-column / --title-column."
+        )
+
+
+def open_parquet(uri: str) -> pq.ParquetFile:
+    fs, path = filesystem_of(uri)
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def scan_file(uri: str, columns: Columns) -> dict:
+    """-> {"path", "num_rows", "good": GOOD_SCHEMA table, "bad": BAD_SCHEMA table}, or
+    {"path", "error"} when the file cannot be read, or {"path", "missing_columns"} naming them."""
+    try:
+        parquet = open_parquet(uri)
+        schema = parquet.schema_arrow
+    except Exception as err:  # noqa: BLE001 - any reader failure means the file is unreadable
+        return {"path": uri, "error": f"{type(err).__name__}: {err}"}
+    try:
+        check_columns(uri, schema, columns)
+    except MissingColumnsError as err:
+        return {"path": uri, "missing_columns": str(err)}
+    goods, bads, offset = [], [], 0
+    try:
+        for batch in parquet.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=columns.names):
+            good, bad = _scan_batch(batch, columns, offset)
+            goods.append(good)
+            bads.append(bad)
+            offset += batch.num_rows
+    except Exception as err:  # noqa: BLE001
+        return {"path": uri, "error": f"{type(err).__name__} at row ~{offset}: {err}"}
+    return {
+        "path": uri,
+        "num_rows": offset,
+        "good": pa.concat_tables(goods) if goods else GOOD_SCHEMA.empty_table(),
+        "bad": pa.concat_tables(bads) if bads else BAD_SCHEMA.empty_table(),
+    }
+
+
+def _decode(array: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array
+
+
+def normalize_ids(array) -> pa.Array:
+    """Ids as strings (integers become their decimal text); nulls stay null."""
+    array = _decode(array)
+    if pa.types.is_string(array.type):
+        return array
+    if pa.types.is_large_string(array.type) or pa.types.is_integer(array.type) or pa.types.is_null(array.type):
+        return pc.cast(array, pa.string())
+    try:
+        return pc.cast(array, pa.string())
+    except pa.ArrowInvalid as err:
+        raise ValueError(f"id column of type {array.type} cannot be read as text ids; use string or integer ids") from err
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or getattr(pa.types, "is_string_view", lambda t: False)(type_)
+
+
+def _scan_batch(batch: pa.RecordBatch, columns: Columns, offset: int) -> tuple[pa.Table, pa.Table]:
+    ids = normalize_ids(batch.column(columns.id)).to_pylist()
+    text_array = _decode(batch.column(columns.text))
+    titles = _decode(batch.column(columns.title)).to_pylist() if columns.title else [None] * batch.num_rows
+    text_is_string = _is_text(text_array.type) or pa.types.is_null(text_array.type)
+    texts = text_array.to_pylist()
+    good = {"id": [], "content_hash": [], "row": []}
+    bad = {"row": [], "id": [], "reason": [], "detail": [], "text_preview": []}
+    for i, (id_, text, title) in enumerate(zip(ids, texts, titles)):
+        reason, detail = _row_problem(id_, text, text_is_string, text_array.type)
+        if reason is None:
+            good["id"].append(id_)
+            good["content_hash"].append(content_hash(compose_text(title, text)))
+            good["row"].append(offset + i)
+        else:
+            bad["row"].append(offset + i)
+            bad["id"].append(id_)
+            bad["reason"].append(reason)
+            bad["detail"].append(detail)
+            bad["text_preview"].append(None if text is None else repr(text)[:PREVIEW_CHARS])
+    return pa.table(good, schema=GOOD_SCHEMA), pa.table(bad, schema=BAD_SCHEMA)
+
+
+def _row_problem(id_, text, text_is_string: bool, text_type: pa.DataType) -> tuple[str | None, str | None]:
+    if id_ is None:
+        return NULL_ID, "the id is null: a row without an id cannot be found again (fill or drop it upstream)"
+    if not text_is_string:
+        return NON_STRING_TEXT, f"the text column has type {text_type} in this file; expected a string column"
+    if text is None:
+        return NULL_TEXT, "the text is null"
+    if not text.strip():
+        return EMPTY_TEXT, "the text is empty or whitespace only: nothing to embed"
+    return None, None
+
+
+# ------------------------------------------------------------------ planning (driver)
+@dataclass
+class Plan:
+    """Which rows of which files get embedded, and the quarantine for all others."""
+
+    files: list[str]
+    num_rows: list[int]
+    keep: list[np.ndarray]  # per file: bool mask of rows to embed
+    kept: pa.Table  # id, content_hash, file_index, row of every row to embed
+    quarantine: pa.Table  # QUARANTINE_SCHEMA
+    bad_files: list[dict] = field(default_factory=list)  # {"path", "error"} skipped with --skip-bad-files
+
+    @property
+    def rows_read(self) -> int:
+        return sum(self.num_rows)
+
+    @property
+    def rows_to_embed(self) -> int:
+        return self.kept.num_rows
+
+    def quarantine_by_reason(self) -> dict[str, int]:
+        counts = pc.value_counts(self.quarantine.column("reason")).to_pylist() if self.quarantine.num_rows else []
+        return {item["values"]: item["counts"] for item in counts}
+
+
+def plan_rows(scans: list[dict]) -> Plan:
+    """Resolve duplicate ids over all files: the first copy with a valid text in input order
+    (files sorted by path, rows in file order) is kept; later copies go to quarantine naming it."""
+    files = [s["path"] for s in scans]
+    goods, quarantines = [], []
+    for file_index, scan in enumerate(scans):
+        n = scan["good"].num_rows
+        goods.append(scan["good"].append_column("file_index", pa.array(np.full(n, file_index, dtype=np.int32))))
+        bad = scan["bad"]
+        quarantines.append(pa.table({
+            "id": bad.column("id"), "reason": bad.column("reason"), "detail": bad.column("detail"),
+            "source_file": pa.array([scan["path"]] * bad.num_rows, pa.string()), "source_row": bad.column("row"),
+            "text_preview": bad.column("text_preview"),
+        }, schema=QUARANTINE_SCHEMA))
+    good = pa.concat_tables(goods) if goods else GOOD_SCHEMA.append(pa.field("file_index", pa.int32())).empty_table()
+    order = pc.add(pc.multiply(pc.cast(good.column("file_index"), pa.int64()), 1 << 40), good.column("row"))
+    good = good.append_column("order", order)
+    first = good.group_by("id").aggregate([("order", "min")]).rename_columns(["id", "kept_order"])
+    good = good.join(first, "id", join_type="left outer")
+    is_dup = pc.not_equal(good.column("order"), good.column("kept_order"))
+    kept = good.filter(pc.invert(is_dup)).sort_by("order")
+    dups = good.filter(is_dup)
+    if dups.num_rows:
+        quarantines.append(_duplicate_rows(dups, good, files))
+    keep = [np.zeros(scan["num_rows"], dtype=bool) for scan in scans]
+    file_index = kept.column("file_index").to_numpy()
+    rows = kept.column("row").to_numpy()
+    for i in range(len(scans)):
+        keep[i][rows[file_index == i]] = True
+    return Plan(
+        files=files,
+        num_rows=[s["num_rows"] for s in scans],
+        keep=keep,
+        kept=kept.select(["id", "content_hash", "file_index", "row"]),
+        quarantine=pa.concat_tables(quarantines) if quarantines else QUARANTINE_SCHEMA.empty_table(),
+    )
+
+
+def _duplicate_rows(dups: pa.Table, good: pa.Table, files: list[str]) -> pa.Table:
+    kept_hash = {}
+    kept_rows = good.filter(pc.equal(good.column("order"), good.column("kept_order")))
+    for id_, h in zip(kept_rows.column("id").to_pylist(), kept_rows.column("content_hash").to_pylist()):
+        kept_hash[id_] = h
+    details = []
+    for id_, h, kept_order in zip(dups.column("id").to_pylist(), dups.column("content_hash").to_pylist(),
+                                  dups.column("kept_order").to_pylist()):
+        where = f"{files[kept_order >> 40]} row {kept_order & ((1 << 40) - 1)}"
+        same = "same text" if kept_hash[id_] == h else "different text"
+        details.append(f"kept the copy at {where}: the first valid copy in input order (files sorted by path); {same}")
+    return pa.table({
+        "id": dups.column("id"), "reason": pa.array([DUPLICATE_ID] * dups.num_rows, pa.string()),
+        "detail": pa.array(details, pa.string()),
+        "source_file": pa.array([files[i] for i in dups.column("file_index").to_pylist()], pa.string()),
+        "source_row": dups.column("row"), "text_preview": pa.nulls(dups.num_rows, pa.string()),
+    }, schema=QUARANTINE_SCHEMA)

@@ -1,0 +1,158 @@
+"""The Ray Data stages: read planned rows -> tokenize (CPU tasks) -> embed (actors).
+
+Each stage is a plain function or class over a pyarrow batch, so tests can call it on a table
+without a cluster. Only `embed.py` wires them into a Dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .batching import padded_positions, plan_groups
+from .scan import Columns, compose_text, content_hash, normalize_ids, open_parquet
+
+logger = logging.getLogger(__name__)
+
+READ_BATCH_ROWS = 4096
+
+
+# ------------------------------------------------------------------ read
+def read_planned_rows(units: pa.Table, *, columns: Columns, store_text: bool = True) -> Iterator[pa.Table]:
+    """units: rows of (path, keep: packed bool mask, num_rows) -> tables of (id, text, content_hash)
+    holding only the rows the plan keeps, in file order."""
+    for path, keep_bits, num_rows in zip(
+        units.column("path").to_pylist(), units.column("keep").to_pylist(), units.column("num_rows").to_pylist()
+    ):
+        keep = np.unpackbits(np.frombuffer(keep_bits, dtype=np.uint8), count=num_rows).astype(bool)
+        offset = 0
+        for batch in open_parquet(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns.names):
+            mask = keep[offset: offset + batch.num_rows]
+            offset += batch.num_rows
+            if mask.any():
+                yield _compose(batch.filter(pa.array(mask)), columns)
+        if offset != num_rows:
+            raise RuntimeError(f"{path} now has {offset} rows, the scan saw {num_rows}: the input changed during the run")
+
+
+def _compose(batch: pa.RecordBatch, columns: Columns) -> pa.Table:
+    ids = normalize_ids(batch.column(columns.id))
+    texts = batch.column(columns.text).to_pylist()
+    titles = batch.column(columns.title).to_pylist() if columns.title else [None] * batch.num_rows
+    composed = [compose_text(title, text) for title, text in zip(titles, texts)]
+    return pa.table({
+        "id": ids,
+        "text": pa.array(composed, pa.string()),
+        "content_hash": pa.array([content_hash(t) for t in composed], pa.string()),
+    })
+
+
+# ------------------------------------------------------------------ tokenize
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_path: str):
+    from l2v_core import load_tokenizer
+
+    return load_tokenizer(model_path)
+
+
+def tokenize_rows(batch: pa.Table, *, model_path: str, max_length: int, instruction: str | None) -> pa.Table:
+    """Adds input_ids, pool_mask (unpadded lists), n_tokens and truncated. CPU only, no model."""
+    from l2v_core import tokenize_texts
+
+    tokens = tokenize_texts(_tokenizer(model_path), batch.column("text").to_pylist(), instruction, max_length)
+    return (
+        batch.append_column("input_ids", pa.array(tokens.input_ids, pa.list_(pa.int32())))
+        .append_column("pool_mask", pa.array(tokens.pool_mask, pa.list_(pa.int8())))
+        .append_column("n_tokens", pa.array(tokens.n_tokens, pa.int32()))
+        .append_column("truncated", pa.array(tokens.truncated, pa.bool_()))
+    )
+
+
+# ------------------------------------------------------------------ embed
+def vectors_schema(dim: int, store_text: bool) -> pa.Schema:
+    fields = [
+        ("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("content_hash", pa.string()),
+        ("n_tokens", pa.int32()), ("truncated", pa.bool_()),
+    ]
+    return pa.schema(fields + ([("text", pa.string())] if store_text else []))
+
+
+class EmbedActor:
+    """Loads the encoder once; embeds batches of tokenized rows, sorted by length and cut into
+    micro-batches by a token budget and a padding cap inside each batch (`batching.plan_groups`)."""
+
+    def __init__(self, *, model: str | None, identity: dict, max_length: int | None, device: str | None,
+                 dtype: str | None, batch_tokens: int, store_text: bool, cpu_threads: int | None, stats_dir: str,
+                 max_padding: float = 0.1):
+        import torch
+
+        from l2v_core import Encoder, pick_device_and_dtype
+
+        device, dtype = pick_device_and_dtype(device, dtype)
+        if device.type == "cpu" and cpu_threads:
+            torch.set_num_threads(cpu_threads)
+        kwargs = {"max_length": max_length} if max_length else {}
+        self.encoder = Encoder.from_pretrained(model, device=device, dtype=dtype, **kwargs)
+        if self.encoder.identity() != identity:
+            raise RuntimeError(
+                f"the encoder loaded by this actor differs from the one the run was planned with "
+                f"(did {model!r} change during the run?): {self.encoder.identity()} != {identity}"
+            )
+        self.batch_tokens = batch_tokens
+        self.max_padding = max_padding
+        self.store_text = store_text
+        self.schema = vectors_schema(self.encoder.dim, store_text)
+        self.stats = {"rows": 0, "tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "device": str(device),
+                      "dtype": str(dtype), "threads": torch.get_num_threads()}
+        self.stats_path = Path(stats_dir) / f"actor-{uuid.uuid4().hex[:12]}.json"
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from l2v_core import TokenizedBatch
+
+        start = time.perf_counter()
+        n_tokens = batch.column("n_tokens").to_pylist()
+        input_ids = batch.column("input_ids").to_pylist()
+        pool_mask = batch.column("pool_mask").to_pylist()
+        vectors = np.empty((len(n_tokens), self.encoder.dim), dtype=np.float32)
+        groups = plan_groups(n_tokens, self.batch_tokens, self.max_padding)
+        for rows in groups:
+            group = TokenizedBatch([input_ids[r] for r in rows], [pool_mask[r] for r in rows],
+                                   [n_tokens[r] for r in rows], [False] * len(rows))
+            vectors[rows] = self.encoder.encode_tokenized(group, batch_tokens=self.batch_tokens, normalize=True)
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
+        columns = [batch.column("id"), embedding, batch.column("content_hash"), batch.column("n_tokens"),
+                   batch.column("truncated")] + ([batch.column("text")] if self.store_text else [])
+        self._record(n_tokens, padded_positions(n_tokens, groups), time.perf_counter() - start)
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _record(self, n_tokens: list[int], padded: int, seconds: float) -> None:
+        self.stats["rows"] += len(n_tokens)
+        self.stats["tokens"] += sum(n_tokens)
+        self.stats["padded_tokens"] += padded
+        self.stats["busy_s"] += seconds
+        tmp = self.stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.stats))
+        os.replace(tmp, self.stats_path)
+
+
+def read_actor_stats(stats_dir: Path) -> dict:
+    """Sum of every embed actor's counters (rows, tokens, padded tokens, busy seconds)."""
+    total = {"rows": 0, "tokens": 0, "padded_tokens": 0.0, "busy_s": 0.0, "actors": 0}
+    for path in sorted(Path(stats_dir).glob("actor-*.json")):
+        stats = json.loads(path.read_text())
+        for key in ("rows", "tokens", "padded_tokens", "busy_s"):
+            total[key] += stats[key]
+        total["actors"] += 1
+        total["device"], total["dtype"], total["threads"] = stats["device"], stats["dtype"], stats["threads"]
+    total["padding_share"] = 1.0 - total["tokens"] / total["padded_tokens"] if total["padded_tokens"] else 0.0
+    return total

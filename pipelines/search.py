@@ -1,0 +1,148 @@
+"""Search a published embedding output: the encoder it was built with, its FAISS index, its ids.
+
+    from pipelines.search import CorpusIndex, search
+    hits = search("out/index", "how do I read a parquet file?", k=5)
+    index = CorpusIndex.open("out/index")           # load once, search many times
+    for hit in index.search(["query one", "query two"], k=3)[0]:
+        print(hit.rank, hit.score, hit.id, hit.text)
+
+Queries get the encoder's 'query' instruction unless another is given (pass instruction="" for
+none). The encoder is loaded from where the manifest says it came from, and its identity must
+equal the manifest's: vectors from one model are never searched with another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.embed.index_build import apply_search_params
+from pipelines.embed.layout import OutputLayout, inside
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float
+    text: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CorpusIndex:
+    def __init__(self, version_dir: Path, manifest: dict, index, id_map, encoder):
+        self.version_dir = version_dir
+        self.manifest = manifest
+        self.index = index
+        self.encoder = encoder
+        self._faiss_ids = id_map.column("faiss_id").to_numpy()
+        self._ids = id_map.column("id")
+        self._files = id_map.column("file")
+        self._rows = id_map.column("row").to_numpy()
+        self.has_text = "text" in manifest["vectors"]["columns"]
+
+    @classmethod
+    def open(cls, output: str | Path, *, version: str | None = None, encoder=None, device: str | None = None) -> "CorpusIndex":
+        """Load the published version of `output` (or `version`) and the encoder it names.
+        Pass `encoder` to reuse one already loaded (it must have the same identity)."""
+        layout = OutputLayout(output)
+        version_dir = layout.version_dir(version) if version else layout.current_dir()
+        manifest = json.loads((version_dir / "manifest.json").read_text())
+        info = json.loads(inside(version_dir, manifest["index"]["info"]).read_text())
+        index = faiss.read_index(str(inside(version_dir, manifest["index"]["file"])))
+        apply_search_params(index, info.get("search_params", {}))
+        id_map = pq.read_table(inside(version_dir, manifest["index"]["id_map"])).sort_by("faiss_id")
+        encoder = encoder or _load_encoder(manifest, device)
+        _check_identity(encoder, manifest)
+        return cls(version_dir, manifest, index, id_map, encoder)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    def search(self, queries: str | Sequence[str], k: int = 10, instruction: str | None = None,
+               with_text: bool = True) -> list[list[Hit]]:
+        """Top-k hits per query (a single string gives a list of one)."""
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        if instruction is None:
+            instruction = self.encoder.settings.instructions.get("query")
+        vectors = self.encoder.encode(queries, instruction or None, normalize=True)
+        return self.search_vectors(vectors, k, with_text=with_text)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, with_text: bool = True) -> list[list[Hit]]:
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        k = min(k, self.index.ntotal)
+        if k == 0:
+            return [[] for _ in range(len(vectors))]
+        scores, labels = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        positions = np.searchsorted(self._faiss_ids, labels)
+        texts = self._texts(positions[labels >= 0]) if with_text and self.has_text else {}
+        results = []
+        for q in range(len(vectors)):
+            hits = []
+            for rank, (label, pos, score) in enumerate(zip(labels[q], positions[q], scores[q]), start=1):
+                if label < 0:
+                    continue
+                hits.append(Hit(rank, self._ids[int(pos)].as_py(), float(score), texts.get(int(pos))))
+            results.append(hits)
+        return results
+
+    def _texts(self, positions: np.ndarray) -> dict[int, str]:
+        """Texts of the given id-map positions, reading only the row groups that hold them."""
+        wanted: dict[str, dict[int, int]] = {}
+        for pos in set(int(p) for p in positions):
+            wanted.setdefault(self._files[pos].as_py(), {})[int(self._rows[pos])] = pos
+        texts = {}
+        for file, rows in wanted.items():
+            parquet = pq.ParquetFile(inside(self.version_dir, file))
+            starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+            for group in sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in rows}):
+                column = parquet.read_row_group(group, columns=["text"]).column(0)
+                for row, pos in rows.items():
+                    if starts[group] <= row < starts[group + 1]:
+                        texts[pos] = column[row - int(starts[group])].as_py()
+        return texts
+
+
+def search(output: str | Path, query: str, k: int = 10, instruction: str | None = None, *, encoder=None) -> list[Hit]:
+    """One query against the published version of `output` (loads everything: for many queries
+    keep a `CorpusIndex`)."""
+    return CorpusIndex.open(output, encoder=encoder).search(query, k, instruction)[0]
+
+
+def _load_encoder(manifest: dict, device: str | None):
+    from l2v_core import Encoder
+
+    source = manifest["encoder"]["source"]
+    settings = manifest["encoder"]["settings"]
+    model = None if source == "default" else source
+    if model is not None and Path(model).is_absolute() and not Path(model).exists():
+        raise FileNotFoundError(
+            f"the encoder this index was built with ({model}) is gone; pass encoder=Encoder.from_pretrained(...) "
+            f"with the same weights (jobs/search.py --model PATH)"
+        )
+    return Encoder.from_pretrained(model, device=device, max_length=settings["max_length"],
+                                   pooling=settings["pooling"], bidirectional=settings["bidirectional"])
+
+
+def _check_identity(encoder, manifest: dict) -> None:
+    expected = manifest["encoder"]["identity"]
+    actual = encoder.identity()
+    if actual != expected:
+        differs = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+        raise ValueError(
+            f"the encoder differs from the one that built version {manifest['version']} in {', '.join(differs)}: "
+            f"its vectors cannot be searched with it. Load the encoder named in the manifest ({manifest['encoder']['source']})."
+        )

@@ -1,0 +1,221 @@
+"""What the MNTP and SimCSE loops share: model building, optimizer, data position, checkpoints,
+the step log. Runs inside Ray Train workers (and in-process with num_workers=0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import ray.train
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from l2v_core.lora import load_adapter, load_lora_state_dict, lora_state_dict, merge_lora, save_adapter
+
+ADAPTER_DIR = "adapter"
+STATE_FILE = "training_state.pt"
+STEP_LOG = "steps.jsonl"
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a checkpoint restores besides weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this worker's shard consumed in `epoch`
+
+
+def rank_and_world() -> tuple[int, int]:
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def count_nodes() -> int:
+    """How many distinct Ray nodes the worker group spans (every rank must call it)."""
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    nodes = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
+def set_cpu_threads(config: dict) -> None:
+    """One intra-op thread pool per worker sized to its CPU share: two workers that each spawn a
+    thread per core on the same machine slow each other down."""
+    threads = config.get("cpu_threads")
+    if threads and not torch.cuda.is_available():
+        torch.set_num_threads(int(threads))
+
+
+def merge_earlier_adapters(body: torch.nn.Module, checkpoints: list) -> torch.nn.Module:
+    """Fold the adapters of earlier stages (ray.train.Checkpoint or local folders) into `body`,
+    in order. Returns the merged plain body (modules are replaced in place, so a causal LM that
+    holds `body` sees the merged weights too)."""
+    for ckpt in checkpoints:
+        with _as_directory(ckpt) as folder:
+            body = merge_lora(load_adapter(body, Path(folder) / ADAPTER_DIR))
+    return body
+
+
+class _as_directory:
+    """A local folder for a ray.train.Checkpoint (downloaded if remote) or a plain path."""
+
+    def __init__(self, ckpt):
+        self.ckpt = ckpt
+        self._cm = ckpt.as_directory() if hasattr(ckpt, "as_directory") else None
+
+    def __enter__(self) -> str:
+        return self._cm.__enter__() if self._cm else str(self.ckpt)
+
+    def __exit__(self, *exc):
+        if self._cm:
+            self._cm.__exit__(*exc)
+
+
+def make_optimizer(model: torch.nn.Module, stage) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW on the trainable (LoRA) parameters; linear warmup then linear decay to 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, stage.warmup_steps, stage.steps)
+    return optimizer, scheduler
+
+
+def restore(peft_model, optimizer, scheduler, log: "StepLog") -> TrainState:
+    """Load the latest checkpoint of this run, if any (a resumed or restarted run)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return TrainState()
+    with ckpt.as_directory() as folder:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        load_lora_state_dict(peft_model, _adapter_tensors(folder / ADAPTER_DIR, load_file))
+        saved = torch.load(folder / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        log.restore(folder / STEP_LOG)
+        state = TrainState(**saved["state"])
+    log.info(f"resumed from checkpoint at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+    return state
+
+
+def _adapter_tensors(folder: Path, load_file) -> dict:
+    # peft saves keys without the adapter name; set_peft_model_state_dict expects exactly that.
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def batches(shard, batch_size: int, state: TrainState, total_steps: int, *, seed: int, shuffle_rows: int = 0,
+            batch_format: str = "numpy") -> Iterator[dict]:
+    """This worker's batches, epoch after epoch, until `total_steps`; updates `state` as it goes.
+
+    On resume it skips the batches the checkpointed epoch had already consumed. Ray Data does not
+    promise the same row order across runs, so the skipped rows may differ slightly from the
+    ones seen before: the position is restored as far as Ray Data allows.
+    """
+    while state.step < total_steps:
+        skip, seen = state.batch_in_epoch, 0
+        for batch in shard.iter_batches(
+            batch_size=batch_size, batch_format=batch_format, drop_last=True,
+            local_shuffle_buffer_size=shuffle_rows or None,
+            local_shuffle_seed=(seed + state.epoch) if shuffle_rows else None,
+        ):
+            seen += 1
+            if seen <= skip:
+                continue
+            state.batch_in_epoch = seen
+            yield batch
+            if state.step >= total_steps:
+                return
+        if seen == 0:
+            raise ValueError(
+                f"this worker's data shard has fewer rows than one batch of {batch_size}; "
+                f"use a larger corpus, a smaller batch_size or fewer workers"
+            )
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+def report(state: TrainState, metrics: dict, peft_model, optimizer, scheduler, log: "StepLog", stage_info: dict) -> None:
+    """Every rank reports (it is a barrier); rank 0 alone attaches the checkpoint."""
+    rank, _ = rank_and_world()
+    metrics = {**metrics, "step": state.step, "epoch": state.epoch}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="l2v-ckpt-") as folder:
+        folder = Path(folder)
+        save_adapter(peft_model, folder / ADAPTER_DIR)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": asdict(state)},
+                   folder / STATE_FILE)
+        log.copy_to(folder / STEP_LOG)
+        (folder / "stage.json").write_text(json.dumps({**stage_info, **metrics}, indent=2))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+
+class StepLog:
+    """Rank 0's step log: one console line and one JSONL record per logged step.
+
+    Records are kept in memory and copied into every checkpoint, so the log of a resumed run
+    continues the checkpointed one (steps after the last checkpoint of a failed attempt are dropped).
+    `path` (optional) gets a live copy on rank 0's machine.
+    """
+
+    def __init__(self, stage: str, rank: int, path: str | None = None):
+        self.stage, self.rank = stage, rank
+        self.records: list[dict] = []
+        self.path = Path(path) if path and rank == 0 else None
+        self._t0 = time.perf_counter()
+
+    def info(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[{self.stage}] {message}", flush=True)
+
+    def step(self, **record) -> None:
+        if self.rank != 0:
+            return
+        record = {"stage": self.stage, "elapsed_s": round(time.perf_counter() - self._t0, 3), **record}
+        self.records.append(record)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "stage")
+        print(f"[{self.stage}] {shown}", flush=True)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def restore(self, file: Path) -> None:
+        if file.is_file():
+            self.records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+            if self.path:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, self.path)
+
+    def copy_to(self, file: Path) -> None:
+        file.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def clip_and_step(params, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    """Clip (if asked), step optimizer and scheduler, zero grads; returns the gradient norm."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def seed_everything(seed: int) -> None:
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    torch.manual_seed(seed)

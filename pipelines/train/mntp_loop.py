@@ -1,0 +1,86 @@
+"""The MNTP stage loop (runs on every Ray Train worker).
+
+Read it top to bottom: load the model with its LM head, merge earlier adapters, switch to
+bidirectional attention, add a fresh LoRA to the body, then for each batch of packed blocks:
+mask (80/10/10), predict each masked token from the hidden state just before it, step.
+
+train_loop_config keys: stage (MNTPSettings as a dict), model_path, merge (earlier checkpoints),
+log_path (optional live JSONL on rank 0), fail_at_step (tests: crash once there).
+"""
+
+from __future__ import annotations
+
+import time
+
+import ray.train
+import ray.train.torch
+import torch
+
+from l2v_core import enable_bidirectional, load_model
+from l2v_core.lora import apply_lora, count_trainable
+from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
+
+from .config import MNTPSettings
+from .distributed import mean_over_ranks
+from .loop_tools import (StepLog, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
+                         rank_and_world, report, restore, seed_everything, set_cpu_threads)
+
+
+def mntp_loop(config: dict) -> None:
+    stage = MNTPSettings.model_validate(config["stage"])
+    rank, world = rank_and_world()
+    device = ray.train.torch.get_device()
+    set_cpu_threads(config)
+    nodes = count_nodes()
+    log = StepLog("mntp", rank, config.get("log_path"))
+
+    # Same seed on every rank for the LoRA init (DDP also broadcasts rank 0's weights).
+    seed_everything(stage.seed)
+    model, tokenizer = load_model(config["model_path"], with_lm_head=True, device=device, dtype=stage.dtype)
+    merge_earlier_adapters(model.base_model, config.get("merge", []))
+    enable_bidirectional(model)
+    lora_body = apply_lora(model.base_model, **stage.lora.model_dump())  # in place: `model` sees the LoRA
+    if stage.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    objective = ray.train.torch.prepare_model(MNTPObjective(model))
+    trainable, total = count_trainable(model)
+    log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
+
+    optimizer, scheduler = make_optimizer(lora_body, stage)
+    state = restore(lora_body, optimizer, scheduler, log)
+    start_step = state.step
+    mask_id = resolve_mask_token_id(tokenizer, stage.mask_token)
+    special_ids = tokenizer.all_special_ids
+    vocab_size = min(len(tokenizer), model.config.vocab_size)  # random replacements stay inside both
+    # Rank- and step-dependent masking: a resumed run does not replay the same masks.
+    generator = torch.Generator().manual_seed(stage.seed * 100_003 + rank * 1009 + state.step)
+    per_worker = stage.batch_size // max(world, 1)
+    shard = ray.train.get_dataset_shard("train")
+    fail_at = config.get("fail_at_step")
+
+    step_start = time.perf_counter()
+    for batch in batches(shard, per_worker, state, stage.steps, seed=stage.seed, shuffle_rows=8 * per_worker):
+        input_ids = torch.as_tensor(batch["input_ids"], dtype=torch.long)  # (b, block_size)
+        attention_mask = torch.ones_like(input_ids)  # packed blocks have no padding
+        masked, labels = mask_tokens(
+            input_ids, attention_mask, mask_token_id=mask_id, vocab_size=vocab_size,
+            probability=stage.mask_probability, special_ids=special_ids, generator=generator,
+        )
+        loss = objective(masked.to(device), attention_mask.to(device), labels.to(device))
+        loss.backward()
+        grad_norm = clip_and_step(lora_body.parameters(), optimizer, scheduler, stage.max_grad_norm)
+        state.step += 1
+        if fail_at is not None and state.step == fail_at:
+            raise RuntimeError(f"injected failure at step {state.step} (fail_at_step, for tests)")
+
+        mean_loss = mean_over_ranks(loss.item(), device)
+        step_time = time.perf_counter() - step_start
+        step_start = time.perf_counter()
+        if state.step % stage.log_every == 0 or state.step == stage.steps:
+            log.step(step=state.step, loss=mean_loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                     step_time_s=round(step_time, 4), tokens_per_s_per_worker=round(input_ids.numel() / step_time, 1),
+                     epoch=state.epoch)
+        if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
+            metrics = {"loss": mean_loss, "start_step": start_step, "nodes": nodes}
+            report(state, metrics, lora_body, optimizer, scheduler, log, {"stage": "mntp", "model_path": config["model_path"]})

@@ -1,0 +1,95 @@
+"""The SimCSE stage loop (runs on every Ray Train worker).
+
+Read it top to bottom: load the decoder body, merge the earlier adapters (MNTP), switch to
+bidirectional attention, add a fresh LoRA, raise attention dropout (the only augmentation), then
+for each batch of sentences: embed the batch twice in one forward pass (two dropout views),
+gather both views from every worker with gradient, and take the contrastive loss over the
+global batch.
+
+train_loop_config keys: stage (SimCSESettings as a dict), model_path, merge (earlier
+checkpoints), log_path (optional live JSONL on rank 0), fail_at_step (tests).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from l2v_core import enable_bidirectional, load_model
+from l2v_core.contrastive import PooledEmbedder, set_attention_dropout, simcse_loss
+from l2v_core.lora import apply_lora, count_trainable
+
+from .config import SimCSESettings
+from .distributed import all_gather_with_grad
+from .loop_tools import (StepLog, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
+                         rank_and_world, report, restore, seed_everything, set_cpu_threads)
+
+
+def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows -> (padded (b, s), attention_mask (b, s)), padding on the right."""
+    longest = max(len(r) for r in rows)
+    out = torch.full((len(rows), longest), pad_id, dtype=dtype)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(np.asarray(r), dtype=dtype)  # copies: Ray hands read-only arrays
+        mask[i, : len(r)] = 1
+    return out, mask
+
+
+def simcse_loop(config: dict) -> None:
+    stage = SimCSESettings.model_validate(config["stage"])
+    rank, world = rank_and_world()
+    device = ray.train.torch.get_device()
+    set_cpu_threads(config)
+    nodes = count_nodes()
+    log = StepLog("simcse", rank, config.get("log_path"))
+
+    seed_everything(stage.seed)  # same LoRA init on every rank
+    body, tokenizer = load_model(config["model_path"], with_lm_head=False, device=device, dtype=stage.dtype)
+    body = merge_earlier_adapters(body, config.get("merge", []))
+    enable_bidirectional(body)
+    lora_body = apply_lora(body, **stage.lora.model_dump())
+    set_attention_dropout(body, stage.attention_dropout)
+    if stage.gradient_checkpointing:
+        body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    embedder = PooledEmbedder(lora_body, stage.pooling).train()
+    embedder = ray.train.torch.prepare_model(embedder)
+    trainable, total = count_trainable(body)
+    log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
+
+    optimizer, scheduler = make_optimizer(lora_body, stage)
+    state = restore(lora_body, optimizer, scheduler, log)
+    start_step = state.step
+    torch.manual_seed(stage.seed * 100_003 + rank * 1009 + state.step)  # dropout differs per rank and step
+    per_worker = stage.batch_size // max(world, 1)
+    shard = ray.train.get_dataset_shard("train")
+    fail_at = config.get("fail_at_step")
+
+    step_start = time.perf_counter()
+    for batch in batches(shard, per_worker, state, stage.steps, seed=stage.seed, shuffle_rows=8 * per_worker):
+        ids, attention = pad_right(batch["input_ids"], tokenizer.pad_token_id)  # (b, s)
+        pool_mask, _ = pad_right(batch["pool_mask"], 0)
+        # Both views in one forward pass: dropout draws differ per row, and DDP sees one forward.
+        both = embedder(ids.repeat(2, 1).to(device), attention.repeat(2, 1).to(device),
+                        pool_mask.repeat(2, 1).to(device))  # (2b, d)
+        view_a, view_b = both[: len(ids)], both[len(ids):]
+        loss = simcse_loss(view_a, view_b, scale=stage.scale, gather_fn=all_gather_with_grad)  # global batch
+        loss.backward()
+        grad_norm = clip_and_step(lora_body.parameters(), optimizer, scheduler, stage.max_grad_norm)
+        state.step += 1
+        if fail_at is not None and state.step == fail_at:
+            raise RuntimeError(f"injected failure at step {state.step} (fail_at_step, for tests)")
+
+        step_time = time.perf_counter() - step_start
+        step_start = time.perf_counter()
+        if state.step % stage.log_every == 0 or state.step == stage.steps:
+            log.step(step=state.step, loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                     step_time_s=round(step_time, 4),
+                     tokens_per_s_per_worker=round(2 * int(attention.sum()) / step_time, 1), epoch=state.epoch)
+        if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
+            metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
+            report(state, metrics, lora_body, optimizer, scheduler, log, {"stage": "simcse", "model_path": config["model_path"]})

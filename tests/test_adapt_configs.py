@@ -1,0 +1,64 @@
+"""Every shipped YAML validates; typos and bad values are errors; the CLI overrides apply."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from pipelines.train.config import AdaptConfig, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob("*.yaml"))
+
+
+def _adapt_module():
+    spec = importlib.util.spec_from_file_location("adapt_job", Path(__file__).resolve().parents[1] / "jobs" / "adapt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_quick_and_paper_profiles():
+    assert {"quick", "paper"} <= {p.stem for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_yaml_validates_and_starts_with_its_launch_command(path):
+    cfg = load_config(path)
+    assert cfg.profile == path.stem
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# ") and "jobs/adapt.py" in first_line
+
+
+def test_paper_profile_is_the_reference_recipe():
+    cfg = load_config(next(p for p in CONFIGS if p.stem == "paper"))
+    m, s = cfg.mntp, cfg.simcse
+    assert (m.mask_probability, m.mask_token, m.block_size, m.batch_size, m.steps, m.lr) == (0.2, "_", 512, 32, 1000, 5e-5)
+    assert (s.batch_size, s.max_length, s.lr, s.scale, s.steps, s.attention_dropout) == (128, 128, 3e-5, 20.0, 1000, 0.3)
+    assert (m.lora.r, m.lora.alpha, m.lora.dropout) == (16, 32, 0.05)
+
+
+def test_a_typo_is_an_error_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: x\nmntp:\n  stpes: 10\n")
+    with pytest.raises(ValueError, match=r"(?s)bad.yaml.*stpes"):
+        load_config(bad)
+
+
+def test_batch_must_split_over_workers():
+    with pytest.raises(ValueError, match="multiple of 3"):
+        AdaptConfig.model_validate({"profile": "x", "mntp": {"batch_size": 8}, "cluster": {"num_workers": 3}})
+
+
+def test_command_line_overrides_the_profile():
+    adapt = _adapt_module()
+    args = adapt.parse_args(["--corpus", "c", "--output", "o", "--profile", "quick", "--num-workers", "1",
+                             "--mntp-steps", "7", "--simcse-lr", "1e-3", "--stages", "mntp", "--name", "run1"])
+    cfg = adapt.build_config(args)
+    assert cfg.cluster.num_workers == 1 and cfg.mntp.steps == 7 and cfg.simcse.lr == 1e-3
+    assert cfg.stages == ["mntp"] and cfg.cluster.name == "run1"
+
+
+def test_unknown_profile_lists_the_known_ones():
+    adapt = _adapt_module()
+    with pytest.raises(SystemExit, match="quick"):
+        adapt.build_config(adapt.parse_args(["--corpus", "c", "--output", "o", "--profile", "nope"]))

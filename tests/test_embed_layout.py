@@ -1,0 +1,70 @@
+"""Output layout: versions, atomic publish, pruning, path checks and the run lock."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.embed.layout import LockedError, OutputLayout, inside
+
+
+def _complete(layout):
+    name, path = layout.new_version()
+    (path / "manifest.json").write_text(json.dumps({"version": name}))
+    return name
+
+
+def test_publish_switches_current_and_refuses_incomplete(tmp_path):
+    layout = OutputLayout(tmp_path)
+    assert layout.current() is None
+    first = _complete(layout)
+    layout.publish(first)
+    assert (tmp_path / "CURRENT").read_text().strip() == first and layout.current() == first
+    half, _ = layout.new_version()
+    with pytest.raises(RuntimeError, match="incomplete"):
+        layout.publish(half)
+    assert layout.current() == first
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_prune_keeps_newest_and_current_and_drops_leftovers(tmp_path):
+    layout = OutputLayout(tmp_path)
+    names = [_complete(layout) for _ in range(4)]
+    layout.publish(names[0])  # an old version stays published
+    leftover, _ = layout.new_version()  # a crashed run's folder
+    writing, _ = layout.new_version()
+    removed = layout.prune(2, writing=writing)
+    assert sorted(removed) == sorted([names[1], leftover])
+    assert layout.versions() == sorted([names[0], names[2], names[3], writing])
+
+
+def test_paths_never_escape_the_output_root(tmp_path):
+    layout = OutputLayout(tmp_path)
+    for bad in ("../x", "20260101T000000000000Z-abcdef/../../x", "/etc"):
+        with pytest.raises(ValueError):
+            layout.version_dir(bad)
+    with pytest.raises(ValueError, match="escapes"):
+        inside(tmp_path, "..", "elsewhere")
+    with pytest.raises(ValueError, match="escapes"):
+        inside(tmp_path, "/etc/passwd")
+    (tmp_path / "CURRENT").write_text("../../etc\n")
+    with pytest.raises(ValueError, match="not a version name"):
+        layout.current()
+
+
+def test_lock_refuses_a_live_holder_and_recovers_a_stale_one(tmp_path):
+    layout = OutputLayout(tmp_path)
+    with layout.lock():
+        with pytest.raises(LockedError, match="being written by pid"):
+            with layout.lock():
+                pass
+    assert not (tmp_path / ".lock").exists()
+    # a lock left by a process that died
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0}))
+    with layout.lock():
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()

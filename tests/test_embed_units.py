@@ -1,0 +1,131 @@
+"""Embedding pipeline pieces called directly on tables: no Ray cluster."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.embed.config import EmbedConfig, parse_size
+from pipelines.embed.scan import Columns, compose_text, content_hash, plan_rows, scan_file
+from pipelines.embed.sources import list_parquet_files
+from pipelines.embed.stages import EmbedActor, read_planned_rows, tokenize_rows
+
+COLS = Columns("id", "text")
+
+
+def _write(path, **columns):
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def test_config_rejects_typos_and_reads_sizes(tmp_path):
+    with pytest.raises(ValueError, match="extra"):
+        EmbedConfig(input=["x"], output="y", batch_sizee=3)
+    assert EmbedConfig(input="x", output="y").input == ["x"]
+    assert parse_size("4GiB") == 4 << 30 and parse_size("512m") == 512 << 20 and parse_size("100") == 100
+    with pytest.raises(ValueError, match="4GiB"):
+        parse_size("lots")
+
+
+def test_list_files_folder_glob_and_missing(tmp_path):
+    a = _write(tmp_path / "a.parquet", id=["1"], text=["x"])
+    (tmp_path / "sub").mkdir()
+    b = _write(tmp_path / "sub" / "b.parquet", id=["2"], text=["y"])
+    _write(tmp_path / "_hidden.parquet", id=["3"], text=["z"])
+    assert list_parquet_files([str(tmp_path)]) == sorted([a, b])
+    assert list_parquet_files([str(tmp_path / "*.parquet")]) == sorted([a, str(tmp_path / "_hidden.parquet")])
+    assert list_parquet_files([a, a]) == [a]
+    with pytest.raises(FileNotFoundError, match="matched no parquet"):
+        list_parquet_files([str(tmp_path / "nothing")])
+
+
+def test_scan_gives_each_bad_row_a_reason(tmp_path):
+    path = _write(tmp_path / "a.parquet", id=["a", None, "c", "d", "e"], text=["ok", "fine", None, "  \n", "good"])
+    scan = scan_file(path, COLS)
+    assert scan["num_rows"] == 5
+    assert scan["good"].column("id").to_pylist() == ["a", "e"]
+    assert scan["good"].column("content_hash").to_pylist()[0] == content_hash("ok")
+    assert scan["bad"].column("reason").to_pylist() == ["null_id", "null_text", "empty_text"]
+    assert scan["bad"].column("row").to_pylist() == [1, 2, 3]
+
+
+def test_scan_non_string_text_missing_column_and_corrupt_file(tmp_path):
+    ints = _write(tmp_path / "ints.parquet", id=[1, 2], text=[10, 20])
+    scan = scan_file(ints, COLS)
+    assert scan["bad"].column("reason").to_pylist() == ["non_string_text"] * 2
+    assert scan["bad"].column("id").to_pylist() == ["1", "2"]  # integer ids become text
+    assert "its columns are: id, body" in scan_file(_write(tmp_path / "m.parquet", id=["1"], body=["x"]), COLS)["missing_columns"]
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    assert "error" in scan_file(str(corrupt), COLS)
+
+
+def test_plan_keeps_first_valid_copy_of_a_duplicate(tmp_path):
+    a = _write(tmp_path / "a.parquet", id=["x", "y", "x"], text=["   ", "why", "second x"])
+    b = _write(tmp_path / "b.parquet", id=["x", "y"], text=["third x", "why"])
+    plan = plan_rows([scan_file(a, COLS), scan_file(b, COLS)])
+    assert plan.rows_read == 5 and plan.rows_to_embed == 2
+    assert sorted(plan.kept.column("id").to_pylist()) == ["x", "y"]
+    assert plan.keep[0].tolist() == [False, True, True] and plan.keep[1].tolist() == [False, False]
+    assert plan.quarantine_by_reason() == {"empty_text": 1, "duplicate_id": 2}
+    dups = plan.quarantine.filter(pa.compute.equal(plan.quarantine.column("reason"), "duplicate_id")).to_pylist()
+    by_id = {d["id"]: d for d in dups}
+    assert f"kept the copy at {a} row 2" in by_id["x"]["detail"] and "different text" in by_id["x"]["detail"]
+    assert f"kept the copy at {a} row 1" in by_id["y"]["detail"] and "same text" in by_id["y"]["detail"]
+
+
+def test_read_tokenize_embed_stages_on_a_table(tmp_path, tiny_encoder_dir):
+    path = _write(tmp_path / "a.parquet", id=[1, 2, 3], text=["alpha", "bravo", "charlie"], title=["T", None, ""])
+    keep = np.array([True, False, True])
+    units = pa.table({"path": [path], "keep": [np.packbits(keep).tobytes()], "num_rows": [3]})
+    rows = pa.concat_tables(list(read_planned_rows(units, columns=Columns("id", "text", "title"))))
+    assert rows.column("id").to_pylist() == ["1", "3"]
+    assert rows.column("text").to_pylist() == [compose_text("T", "alpha"), "charlie"] == ["T\n\nalpha", "charlie"]
+    tokens = tokenize_rows(rows, model_path=str(tiny_encoder_dir), max_length=128, instruction=None)
+    from l2v_core import Encoder
+
+    encoder = Encoder.from_pretrained(str(tiny_encoder_dir))
+    actor = EmbedActor(model=str(tiny_encoder_dir), identity=encoder.identity(), max_length=None, device="cpu",
+                       dtype=None, batch_tokens=64, store_text=True, cpu_threads=1, stats_dir=str(tmp_path / "stats"))
+    out = actor(tokens)
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), encoder.dim)
+    vectors = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(vectors, encoder.encode(["T\n\nalpha", "charlie"]), atol=1e-5)
+    with pytest.raises(RuntimeError, match="differs from the one the run was planned with"):
+        EmbedActor(model=str(tiny_encoder_dir), identity={**encoder.identity(), "pooling": "last_token"},
+                   max_length=None, device="cpu", dtype=None, batch_tokens=64, store_text=True, cpu_threads=1,
+                   stats_dir=str(tmp_path / "stats"))
+
+
+def test_micro_batches_respect_budget_and_padding_cap():
+    from pipelines.embed.batching import padded_positions, plan_groups
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 120, size=500).tolist() + [400]
+    groups = plan_groups(lengths, batch_tokens=1024, max_padding=0.1)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        longest = max(lengths[i] for i in g)
+        assert len(g) * longest <= 1024 or len(g) == 1
+        assert 1 - sum(lengths[i] for i in g) / (len(g) * longest) <= 0.1
+    assert 1 - sum(lengths) / padded_positions(lengths, groups) < 0.1
+    with pytest.raises(ValueError, match="max_padding"):
+        plan_groups([1], 10, 1.5)
+
+
+def test_embed_job_exit_codes(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("embed_job", Path(__file__).resolve().parents[1] / "jobs" / "embed_corpus.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    corpus = _write(tmp_path / "a.parquet", doc_id=["1"], body=["x"])
+    assert job.main(["--input", corpus, "--output", str(tmp_path / "out")]) == 2  # missing id/text columns
+    assert job.main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "out")]) == 2
+    from pipelines.embed.layout import OutputLayout
+
+    with OutputLayout(tmp_path / "locked").lock():
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(f"input: [{corpus}]\noutput: {tmp_path / 'locked'}\nid_column: doc_id\ntext_column: body\n")
+        assert job.main(["--config", str(cfg)]) == 3  # another run holds the lock

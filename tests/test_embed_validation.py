@@ -1,0 +1,59 @@
+"""Bad input on local Ray: every kind of bad row with exact counts, a missing column, corrupt files."""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from embed_helpers import small_config
+
+from pipelines.embed import BadFileError, MissingColumnsError, OutputLayout, run_embed
+
+
+@pytest.fixture
+def messy_corpus(tmp_path):
+    """a: 6 rows (2 good, null text, empty text, null id, a duplicate of a good id)
+    b: 3 rows (a later copy of 'a1', a good row, a copy of 'b1' kept over... see below)
+    c: 2 rows whose text column is an integer column
+    d: not parquet at all."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    pq.write_table(pa.table({
+        "id": ["a1", "a2", "a3", "a4", None, "a2"],
+        "text": ["alpha text", "bravo text", None, "   ", "orphan text", "bravo again"],
+    }), folder / "a.parquet")
+    pq.write_table(pa.table({"id": ["a1", "b1", "a3"], "text": ["alpha later", "charlie text", "a3 has text here"]}),
+                   folder / "b.parquet")
+    pq.write_table(pa.table({"id": [7, 8], "text": [1, 2]}), folder / "c.parquet")
+    (folder / "d.parquet").write_bytes(b"PAR1 definitely not a parquet file PAR1")
+    return folder
+
+
+def test_bad_rows_are_quarantined_with_exact_counts(ray_session, messy_corpus, tiny_encoder_dir, tmp_path):
+    result = run_embed(small_config(messy_corpus, tmp_path / "out", tiny_encoder_dir, skip_bad_files=True))
+    counts = result.counts
+    assert counts["rows_read"] == 11 and counts["files_skipped"] == 1
+    assert counts["rows_embedded"] == 4  # a1, a2, b1, and a3 (its first valid copy is in b)
+    assert counts["quarantine_by_reason"] == {
+        "null_text": 1, "empty_text": 1, "null_id": 1, "duplicate_id": 2, "non_string_text": 2,
+    }
+    assert counts["rows_read"] == counts["rows_embedded"] + counts["rows_quarantined"]
+    vectors = pq.read_table(result.version_dir / "vectors")
+    by_id = dict(zip(vectors.column("id").to_pylist(), vectors.column("text").to_pylist()))
+    assert by_id == {"a1": "alpha text", "a2": "bravo text", "b1": "charlie text", "a3": "a3 has text here"}
+    quarantine = pq.read_table(result.version_dir / "quarantine.parquet")
+    dups = quarantine.filter(pc.equal(quarantine.column("reason"), "duplicate_id")).to_pylist()
+    assert {(d["id"], d["source_file"].rsplit("/", 1)[1], d["source_row"]) for d in dups} == {("a2", "a.parquet", 5), ("a1", "b.parquet", 0)}
+    assert all("kept the copy at" in d["detail"] and "first valid copy" in d["detail"] for d in dups)
+    assert [b["path"].rsplit("/", 1)[1] for b in result.manifest["input"]["bad_files"]] == ["d.parquet"]
+
+
+def test_missing_column_stops_before_any_work(messy_corpus, tiny_encoder_dir, tmp_path):
+    with pytest.raises(MissingColumnsError, match=r"no column 'body'; its columns are: id, text"):
+        run_embed(small_config(messy_corpus, tmp_path / "out", tiny_encoder_dir, text_column="body"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_file_fails_naming_it(ray_session, messy_corpus, tiny_encoder_dir, tmp_path):
+    with pytest.raises(BadFileError, match=r"d\.parquet.*--skip-bad-files"):
+        run_embed(small_config(messy_corpus, tmp_path / "out", tiny_encoder_dir))
+    assert OutputLayout(tmp_path / "out").versions() == []

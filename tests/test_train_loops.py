@@ -1,0 +1,56 @@
+"""Each stage's loop for a few steps on a tiny model, in-process (ScalingConfig(num_workers=0))."""
+
+import json
+
+import pytest
+
+from pipelines.train.config import ClusterSettings
+from pipelines.train.data import mntp_blocks, simcse_sentences
+from pipelines.train.mntp_loop import mntp_loop
+from pipelines.train.simcse_loop import pad_right, simcse_loop
+from pipelines.train.trainer import build_trainer, check_storage
+from train_helpers import fast_stage, save_tiny_causal_lm, write_corpus
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loops")
+    return save_tiny_causal_lm(root / "model"), write_corpus(root / "data"), root
+
+
+def _fit(loop, stage, model, dataset, root, name):
+    log = root / f"{name}.jsonl"
+    trainer = build_trainer(loop, {"stage": stage, "model_path": model, "log_path": str(log)},
+                            ClusterSettings(num_workers=0), name=name, storage_path=str(root / "storage"),
+                            datasets={"train": dataset})
+    result = trainer.fit()
+    return result, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_mntp_loop_in_process(ray_session, tiny):
+    model, corpus, root = tiny
+    stage = fast_stage(steps=3, block_size=32, mask_probability=0.3)
+    result, records = _fit(mntp_loop, stage, model, mntp_blocks(corpus, model_path=model, block_size=32), root, "mntp")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["loss"] > 0 and r["tokens_per_s_per_worker"] > 0 for r in records)
+    assert result.metrics["step"] == 3 and result.metrics["start_step"] == 0
+
+
+def test_simcse_loop_in_process(ray_session, tiny):
+    model, corpus, root = tiny
+    stage = fast_stage(steps=3, max_length=32, split_sentences=True)
+    dataset = simcse_sentences(corpus, model_path=model, max_length=32, split=True, min_chars=10)
+    result, records = _fit(simcse_loop, stage, model, dataset, root, "simcse")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(0 < r["loss"] < 10 for r in records)
+
+
+def test_pad_right():
+    ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_storage_must_be_given_or_shared():
+    with pytest.raises(ValueError, match="--storage-path"):
+        check_storage(None, explicit=False)
+    assert check_storage("s3://bucket/runs", explicit=True) == "s3://bucket/runs"
