@@ -1,12 +1,13 @@
-"""`make demo`: embed a sample corpus made from Python's own docstrings, then search it.
+"""`make demo`: adapt the default model on a sample corpus made from Python's own docstrings
+(LLM2Vec quick profile on Ray Train), embed the corpus with it (Ray Data + FAISS), search it.
 
-    python jobs/demo.py                       # default model (SmolLM2-135M-Instruct), ~200 docs
-    python jobs/demo.py --model out/encoder   # an adapted encoder folder instead
+    python jobs/demo.py                        # ~200 docs, the whole chain (several minutes on 2 cores)
+    python jobs/demo.py --skip-adapt           # embed with the default model as it is (~1 minute)
+    python jobs/demo.py --model out/encoder    # embed with an encoder you adapted before
     python jobs/demo.py --max-docs 1000 --max-length 256
 
-Each step is a function; a later step (e.g. adapting the model first) can be put in front by
-calling `main(model=...)` or adding a step to STEPS' order in `main`.
-Everything lands in demo_out/ (corpus parquet, versioned index output).
+Each step is one function below, called in order by `main`.
+Everything lands in demo_out/ (corpus parquet, adapt/ with the encoder, index/ with the versions).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import importlib
 import inspect
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,24 +77,43 @@ def step_build_corpus(out_dir: Path, max_docs: int) -> Path:
     return path
 
 
+def step_adapt(corpus: Path, out_dir: Path) -> Path:
+    """Step 2: bidirectional -> MNTP -> SimCSE on the corpus itself (jobs/configs/quick.yaml, the
+    unsupervised recipe: no labels), each stage a Ray Train run. Returns the encoder folder."""
+    from pipelines.train.chain import run_chain
+    from pipelines.train.config import load_config
+
+    cfg = load_config(REPO / "jobs" / "configs" / "quick.yaml")
+    cfg.simcse.split_sentences = True  # the docstrings are paragraphs: SimCSE trains on their sentences
+    print(f"step 2: adapting the default model on {corpus.name} (quick profile: MNTP {cfg.mntp.steps} steps, "
+          f"SimCSE {cfg.simcse.steps} steps, {cfg.cluster.num_workers} Ray Train workers)")
+    adapt_dir = out_dir / "adapt"
+    # Start fresh: the same run name would otherwise resume the previous demo's finished stages.
+    shutil.rmtree(adapt_dir, ignore_errors=True)
+    summary = run_chain(cfg, corpus=str(corpus), output=adapt_dir)
+    for stage in summary["stages"][1:]:
+        print(f"  {stage['name']}: {stage['steps']} steps in {stage['wall_time_s']} s, final loss {stage['final_loss']:.3f}")
+    return Path(summary["encoder"])
+
+
 def step_embed(corpus: Path, out_dir: Path, model: str | None, max_length: int) -> Path:
-    """Step 2: the embedding pipeline (Ray Data) -> a published, versioned index."""
+    """Step 3: the embedding pipeline (Ray Data) -> a published, versioned index."""
     from pipelines.embed import EmbedConfig, run_embed
 
     output = out_dir / "index"
     cfg = EmbedConfig(input=[str(corpus)], output=str(output), model=model, title_column="title",
                       max_length=max_length, batch_size=64, keep_versions=2)
-    print(f"step 2: embedding with {model or 'the default model (SmolLM2-135M-Instruct)'} -> {output}")
+    print(f"step 3: embedding with {model or 'the default model (SmolLM2-135M-Instruct)'} -> {output}")
     run_embed(cfg)
     return output
 
 
 def step_search(output: Path, queries: list[str], k: int = 3) -> None:
-    """Step 3: load the published version and its encoder, run a few queries."""
+    """Step 4: load the published version and its encoder, run a few queries."""
     from pipelines.search import CorpusIndex
 
     index = CorpusIndex.open(output)
-    print(f"step 3: searching version {index.version}")
+    print(f"step 4: searching version {index.version}")
     for query, hits in zip(queries, index.search(queries, k)):
         print(f"\nquery: {query}")
         for hit in hits:
@@ -102,7 +123,8 @@ def step_search(output: Path, queries: list[str], k: int = 3) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="embed Python's docstrings and search them")
-    p.add_argument("--model", default=None, help="encoder folder (default: the default model)")
+    p.add_argument("--model", default=None, help="embed with this encoder folder (skips adapting)")
+    p.add_argument("--skip-adapt", action="store_true", help="embed with the default model as it is")
     p.add_argument("--out", default=str(REPO / "demo_out"))
     p.add_argument("--max-docs", type=int, default=200)
     p.add_argument("--max-length", type=int, default=64, help="tokens per text (small keeps the CPU demo quick)")
@@ -112,9 +134,13 @@ def main(argv=None) -> int:
 
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a demo never joins a cluster someone left running on this machine
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     corpus = step_build_corpus(out_dir, args.max_docs)
-    output = step_embed(corpus, out_dir, args.model, args.max_length)
+    model = args.model
+    if model is None and not args.skip_adapt:
+        model = str(step_adapt(corpus, out_dir))
+    output = step_embed(corpus, out_dir, model, args.max_length)
     step_search(output, QUERIES)
     ray.shutdown()
     return 0

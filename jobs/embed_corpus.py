@@ -11,9 +11,10 @@ On a cluster (Ray 2.60 turns token auth on for `ray start`; see docs/embed.md):
 
 Nightly, reusing unchanged documents' vectors: add --incremental (docs/embed.md).
 
-Exit codes: 0 published (or, with --incremental, nothing changed); 2 bad arguments or input (missing column, unreadable file); 3 another
-run holds the output's lock; 1 anything else. Settings can come from a YAML file of EmbedConfig
-fields (`--config`); flags given on the command line win.
+Exit codes: 0 published (or, with --incremental, nothing changed); 2 bad arguments or input
+(missing column, unreadable file, unknown setting); 3 another run holds the output's lock; 1
+anything else (see deploy/README.md). Settings can come from a YAML file of EmbedConfig fields
+(`--config`); flags given on the command line win.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -63,16 +66,16 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
     if args.config:
         return EmbedConfig.from_yaml(args.config, **fields)
     if "input" not in fields or "output" not in fields:
-        raise SystemExit("give --input and --output (or --config FILE)")
+        raise ValueError("give --input and --output (or --config FILE)")
     return EmbedConfig(**fields)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = parse_args(argv)  # argparse itself exits with 2 on a bad flag
     try:
         result = run_embed(config_from_args(args))
-    except (MissingColumnsError, BadFileError, FileNotFoundError, ValueError) as err:
+    except (MissingColumnsError, BadFileError, FileNotFoundError, ValueError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except LockedError as err:

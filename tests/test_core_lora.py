@@ -1,5 +1,6 @@
 """LoRA apply / merge / save / load with peft on tiny random models."""
 
+import pytest
 import torch
 
 from l2v_core.lora import (apply_lora, count_trainable, find_target_modules, load_adapter, lora_state_dict,
@@ -61,3 +62,21 @@ def test_adapter_state_dict_round_trip():
     load_lora_state_dict(b, state)
     for k, v in lora_state_dict(b).items():
         assert torch.equal(v, state[k])
+
+
+def test_top_layers_adapts_only_the_last_layers_and_backward_stops_there():
+    model, tok = tiny_model_and_tokenizer("llama")  # 2 layers
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0, top_layers=1)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n for n in trainable)
+    hidden = {}
+    peft_model.base_model.model.layers[0].register_forward_hook(lambda m, i, o: hidden.update(first=o))
+    peft_model(**_ids(tok)).last_hidden_state.sum().backward()
+    first = hidden["first"][0] if isinstance(hidden["first"], tuple) else hidden["first"]
+    assert not first.requires_grad  # no graph below the adapted layer: its backward is never computed
+
+
+def test_top_layers_out_of_range_is_a_clear_error():
+    model, _ = tiny_model_and_tokenizer("llama")
+    with pytest.raises(ValueError, match="2 decoder layers"):
+        apply_lora(model, top_layers=3)

@@ -1,5 +1,6 @@
 """--incremental on local Ray: only added/changed documents are embedded, deleted ones vanish,
-the same input twice embeds nothing, a different encoder re-embeds everything."""
+the same input twice embeds nothing, a different encoder re-embeds everything. The index is IVF
+(one list at this size), so a small change updates the previous index in place."""
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +29,8 @@ def base(ray_session, tiny_encoder_dir, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("corpus")
     texts = {f"doc{i}": t for i, t in enumerate(clean_texts(N))}
     _write(corpus, texts)
-    cfg = small_config(corpus, tmp_path_factory.mktemp("out"), tiny_encoder_dir, incremental=True, keep_versions=5)
+    cfg = small_config(corpus, tmp_path_factory.mktemp("out"), tiny_encoder_dir, incremental=True, keep_versions=5,
+                       index="ivf")
     first = run_embed(cfg)
     return cfg, corpus, texts, first
 
@@ -37,6 +39,7 @@ def test_first_incremental_run_embeds_everything(base):
     _, _, _, first = base
     assert first.counts["rows_embedded"] == N and first.counts["rows_reused"] == 0
     assert "no published version" in first.manifest["incremental"]["decision"]
+    assert first.manifest["index"]["built_by"] == "rebuild"
 
 
 def test_same_input_twice_embeds_nothing(base):
@@ -67,6 +70,11 @@ def test_add_change_delete_embeds_only_what_changed(base):
     index = CorpusIndex.open(cfg.output)
     assert index.search(changed["doc3"], k=1)[0][0].id == "doc3"
     assert all(h.id != "doc5" for h in index.search(texts["doc5"], k=N)[0])
+    # 2 of 20 vectors removed and 2 added: the previous IVF index was updated, not rebuilt, and its
+    # id map now leads to this version's files (the texts come back through it)
+    assert second.manifest["index"]["built_by"] == "update"
+    hits = index.search([changed["doc3"], texts["doc7"]], k=1)
+    assert [(h[0].id, h[0].text) for h in hits] == [("doc3", changed["doc3"]), ("doc7", texts["doc7"])]
 
 
 def test_a_different_encoder_re_embeds_everything(base, tmp_path):
@@ -77,3 +85,4 @@ def test_a_different_encoder_re_embeds_everything(base, tmp_path):
     result = run_embed(cfg.model_copy(update={"model": str(other)}))
     assert result.counts["rows_reused"] == 0 and result.counts["rows_embedded"] == N
     assert "different encoder" in result.manifest["incremental"]["decision"]
+    assert result.manifest["index"]["built_by"] == "rebuild"

@@ -123,6 +123,10 @@ def test_embed_job_exit_codes(tmp_path):
     corpus = _write(tmp_path / "a.parquet", doc_id=["1"], body=["x"])
     assert job.main(["--input", corpus, "--output", str(tmp_path / "out")]) == 2  # missing id/text columns
     assert job.main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "out")]) == 2
+    assert job.main(["--input", corpus]) == 2  # no --output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("input: [unclosed\n")
+    assert job.main(["--config", str(broken)]) == 2
     from pipelines.embed.layout import OutputLayout
 
     with OutputLayout(tmp_path / "locked").lock():

@@ -45,6 +45,15 @@ def test_simcse_loop_in_process(ray_session, tiny):
     assert all(0 < r["loss"] < 10 for r in records)
 
 
+def test_cpu_speed_options_top_layers_and_bf16_autocast(ray_session, tiny):
+    """The settings of the CPU profiles: LoRA on the last layer only, forward under bf16 autocast."""
+    model, corpus, root = tiny
+    stage = fast_stage(steps=2, max_length=32, autocast_bf16=True, lora={"r": 4, "alpha": 8, "top_layers": 1})
+    dataset = simcse_sentences(corpus, model_path=model, max_length=32, split=True, min_chars=10)
+    result, records = _fit(simcse_loop, stage, model, dataset, root, "simcse_fast")
+    assert [r["step"] for r in records] == [1, 2] and all(0 < r["loss"] < 10 for r in records)
+
+
 def test_pad_right():
     ids, mask = pad_right([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -3,9 +3,10 @@
 Cosine similarity: vectors are L2-normalized by the encoder, the index uses inner product.
 `choose_index` picks the index from the corpus size and a memory budget; `build_index` streams
 the vectors twice (a sample for training and recall queries, then the adds), never holding the
-whole corpus as one array besides the index itself. faiss ids are positions in that stream; the
-id map (`id_map.parquet`: faiss_id, id, file, row) leads back to the corpus id and to the row
-in the vectors parquet (where the text is, when stored).
+whole corpus as one array besides the index itself. faiss ids are positions in that stream
+(after an in-place update, `index_update.py`, they are not: kept vectors keep their old ids);
+the id map (`id_map.parquet`: faiss_id, id, file, row) leads back to the corpus id and to the
+row in the vectors parquet (where the text is, when stored).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def as_matrix(column: pa.Array, dim: int) -> np.ndarray:
 # ------------------------------------------------------------------ build
 def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: str = "auto",
                 memory_budget: int = 4 << 30, recall_queries: int = 200, recall_target: float = 0.95,
-                seed: int = 0) -> dict:
+                seed: int = 0, built_because: str = "a fresh build") -> dict:
     """Write index.faiss, id_map.parquet and index_info.json into `version_dir`; returns the info
     (plus 'tokens' and 'truncated' summed over the vectors)."""
     start = time.perf_counter()
@@ -141,10 +142,8 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
     n = count_vectors(files)
     spec = choose_index(n, dim, requested, memory_budget)
     logger.info("index: %s for %d vectors of dim %d (%s)", spec.factory, n, dim, spec.reason)
-    rng = np.random.default_rng(seed)
-    query_rows = np.sort(rng.choice(n, size=min(recall_queries, n), replace=False)) if n else np.zeros(0, np.int64)
-    train_rows = np.sort(rng.choice(n, size=min(spec.train_size, n), replace=False)) if spec.train_size else None
-    queries, train = _sample(files, dim, query_rows, train_rows)
+    query_rows, train_rows = sample_rows(n, recall_queries, spec.train_size, seed)
+    queries, train = sample_vectors(files, dim, query_rows, train_rows)
 
     index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     if spec.kind == "hnsw":
@@ -156,7 +155,26 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
             raise ValueError(f"a {spec.kind} index needs training vectors; the corpus has none (use --index flat)")
         logger.info("training %s on %d vectors", spec.factory, len(train))
         index.train(train)
-    exact, totals = _add_all(index, spec, files, dim, version_dir, queries)
+    exact, totals = stream_vectors(files, dim, version_dir, queries, _append_in_order(index, spec))
+    return finish_index(index, spec, version_dir, queries, exact, totals, recall_target, start, {
+        "train_size": 0 if train is None else int(len(train)),
+        "built_by": "rebuild",
+        "built_because": built_because,
+        "since_training": {"trained_count": n, "removed": 0, "added": 0},
+    })
+
+
+def sample_rows(n: int, recall_queries: int, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sorted positions (in the vectors stream) of the recall queries and the training sample."""
+    rng = np.random.default_rng(seed)
+    query_rows = np.sort(rng.choice(n, size=min(recall_queries, n), replace=False)) if n else np.zeros(0, np.int64)
+    train_rows = np.sort(rng.choice(n, size=min(train_size, n), replace=False)) if train_size else None
+    return query_rows, train_rows
+
+
+def finish_index(index, spec: IndexSpec, version_dir: Path, queries: np.ndarray, exact: tuple, totals: dict,
+                 recall_target: float, start: float, extra: dict) -> dict:
+    """Tune the search knob on the recall queries, write the index and index_info.json."""
     tuning = _tune(index, spec, queries, exact, recall_target)
     faiss.write_index(index, str(version_dir / INDEX_FILE))
     info = {
@@ -164,11 +182,10 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
         "kind": spec.kind,
         "metric": "inner_product",
         "normalized": True,
-        "dim": dim,
+        "dim": index.d,
         "count": int(index.ntotal),
         "params": spec.params,
         "search_params": tuning["chosen"],
-        "train_size": 0 if train is None else int(len(train)),
         "recall_at_10": tuning["recall"],
         "recall_queries": int(len(queries)),
         "recall_note": "queries: a random sample of corpus vectors; truth: exact inner-product search over all vectors",
@@ -176,6 +193,7 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
         "tuning": tuning["tried"],
         "chosen_because": spec.reason,
         "memory_bytes_estimate": int(spec.memory_bytes),
+        **extra,
         "build_seconds": round(time.perf_counter() - start, 3),
         "id_map": ID_MAP_FILE,
         "index_file": INDEX_FILE,
@@ -184,7 +202,7 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
     return {**info, **totals}
 
 
-def _sample(files, dim, query_rows, train_rows) -> tuple[np.ndarray, np.ndarray | None]:
+def sample_vectors(files, dim, query_rows, train_rows) -> tuple[np.ndarray, np.ndarray | None]:
     """Pass 1: gather the sampled rows (global positions) for queries and training."""
     wanted = query_rows if train_rows is None else np.union1d(query_rows, train_rows)
     gathered = np.zeros((len(wanted), dim), dtype=np.float32)
@@ -199,22 +217,35 @@ def _sample(files, dim, query_rows, train_rows) -> tuple[np.ndarray, np.ndarray 
     return queries, train
 
 
-def _add_all(index, spec: IndexSpec, files, dim, version_dir: Path, queries: np.ndarray):
-    """Pass 2: add every chunk, write the id map, keep the exact top-k of the recall queries."""
+def _append_in_order(index, spec: IndexSpec):
+    """A `place` for stream_vectors: every vector is added, its faiss id is its stream position."""
+    position = 0
+
+    def place(ids: pa.Array, vectors: np.ndarray) -> np.ndarray:
+        nonlocal position
+        faiss_ids = np.arange(position, position + len(vectors), dtype=np.int64)
+        position += len(vectors)
+        if spec.kind in ("ivf", "ivfpq"):
+            index.add_with_ids(vectors, faiss_ids)
+        else:
+            index.add(vectors)  # flat / HNSW: faiss numbers them in add order, the same positions
+        return faiss_ids
+
+    return place
+
+
+def stream_vectors(files, dim, version_dir: Path, queries: np.ndarray, place):
+    """Pass 2 over every chunk: `place(ids, vectors)` adds what the index lacks and returns each
+    row's faiss id; writes the id map and keeps the exact top-k of the recall queries."""
     k = RECALL_K
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     totals = {"tokens": 0, "truncated": 0}
     writer = pq.ParquetWriter(version_dir / ID_MAP_FILE, ID_MAP_SCHEMA)
-    position = 0
     try:
         for file_index, first_row, batch in iter_chunks(files, ["id", "embedding", "n_tokens", "truncated"]):
             vectors = as_matrix(batch.column(1), dim)
-            ids = np.arange(position, position + len(vectors), dtype=np.int64)
-            if spec.kind in ("ivf", "ivfpq"):
-                index.add_with_ids(vectors, ids)
-            else:
-                index.add(vectors)
+            ids = place(batch.column(0), vectors)
             if len(queries):
                 best_scores, best_ids = _merge_top_k(best_scores, best_ids, queries @ vectors.T, ids, k)
             writer.write_table(pa.table({
@@ -224,7 +255,6 @@ def _add_all(index, spec: IndexSpec, files, dim, version_dir: Path, queries: np.
             }, schema=ID_MAP_SCHEMA))
             totals["tokens"] += int(np.asarray(batch.column(2)).sum())
             totals["truncated"] += int(np.asarray(batch.column(3)).sum())
-            position += len(vectors)
     finally:
         writer.close()
     return (best_ids, best_scores), totals

@@ -4,6 +4,7 @@
       CURRENT                      one line: the published version's name
       .lock                        held while a run writes (pid, host, start time)
       versions/<name>/             one folder per run
+        run.json                   written first: what the vectors are made with (see incremental.py)
         vectors/*.parquet          id, embedding fixed_size_list<float32>[d], content_hash, n_tokens, truncated[, text]
         quarantine.parquet         rows not embedded, with a reason
         index.faiss, id_map.parquet, index_info.json

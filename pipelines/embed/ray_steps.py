@@ -11,11 +11,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from . import faults
 from .config import EmbedConfig
 from .scan import Columns, MissingColumnsError, Plan, scan_file
 from .stages import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
 
 logger = logging.getLogger(__name__)
+
+# An embed actor that dies (OOM kill, lost node) is restarted by Ray and its in-flight batches
+# are retried; a retried batch is written once. Ray Data 2.60 defaults both to -1 (forever): set
+# here so that a change of default cannot turn a lost actor into a failed run, and bounded so
+# that a batch that kills every actor it lands on (a poison input, an OOM on the same texts)
+# fails the run after a few tries instead of restarting actors forever. Ray 2.60 warns that
+# passing remote args this way is deprecated (removal planned for 2.64) but offers no named
+# parameter for these two yet.
+ACTOR_MAX_RESTARTS = 4
+ACTOR_MAX_TASK_RETRIES = 4
 
 
 class BadFileError(RuntimeError):
@@ -128,12 +139,15 @@ def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict,
             "device": where["device"], "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
             "store_text": cfg.store_text, "stats_dir": str(stats_dir), "max_padding": cfg.max_padding,
             "cpu_threads": cfg.cpu_threads or max(1, (os.cpu_count() or 1) // where["actors"]),
+            "fault": faults.for_actor(),
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=where["actors"]),
         num_gpus=where["num_gpus"],
         num_cpus=1,
+        max_restarts=ACTOR_MAX_RESTARTS,
+        max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
     ds.write_parquet(str(vectors_dir))
     return time.perf_counter() - start

@@ -3,8 +3,9 @@
     from pipelines.embed import EmbedConfig, run_embed
     result = run_embed(EmbedConfig(input=["corpus/"], output="out/index"))
 
-A crash anywhere before `publish` leaves the previously published version as it was; the
-half-written version folder is pruned by a later run.
+A crash anywhere before `publish` leaves the previously published version as it was; the next
+run salvages the vectors the crashed one already wrote (`incremental.py`) and prunes its folder
+once the new version is published.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import ray
 
 from . import faults
 from .config import EmbedConfig
+from .incremental import Reuse, copy_reused, has_changes, plan_reuse, write_run_record
 from .index_build import build_index
+from .index_update import plan_index_update, update_index
 from .layout import OutputLayout
-from .incremental import copy_reused, has_changes, nothing_reused, plan_reuse
 from .manifest import build_manifest, vector_identity, write_manifest
 from .ray_steps import describe_encoder, effective_instruction, embed_planned_rows, ensure_ray, placement, scan_files
-from .scan import Columns, check_columns, open_parquet, plan_rows
+from .scan import Columns, Plan, check_columns, open_parquet, plan_rows
 from .sources import list_parquet_files
-from .stages import read_actor_stats
+from .stages import read_actor_stats, vectors_schema
 
 logger = logging.getLogger(__name__)
 
@@ -65,30 +67,27 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         encoder = ray.get(encoder_ref)
         instruction = effective_instruction(cfg, encoder)
         identity = vector_identity(encoder["identity"], instruction, cfg.title_column)
-        reuse = (plan_reuse(plan, layout, previous, identity, cfg.store_text) if cfg.incremental
-                 else nothing_reused("full run (not --incremental)"))
-        if cfg.incremental:
-            logger.warning("incremental: %s", reuse.reason)
+        reuse = plan_reuse(plan, layout, previous, identity, cfg.store_text,
+                           vectors_schema(encoder["dim"], cfg.store_text), incremental=cfg.incremental)
+        _log_reuse(cfg, reuse)
         timings["scan"] = _lap(started, timings)
         logger.info("%d rows read: %d to embed, %d reused, %d quarantined", plan.rows_read,
                     plan.rows_to_embed - reuse.rows, reuse.rows, plan.quarantine.num_rows)
         faults.point("after_scan")
         if cfg.incremental and previous and not has_changes(plan, reuse, layout.read_manifest(previous)):
             print(f"no changes since the published version {previous}: nothing embedded, nothing published")
+            layout.prune(cfg.keep_versions)  # leftovers of interrupted runs: nothing in them is needed
             return EmbedResult(previous, layout.version_dir(previous), layout.read_manifest(previous), published=False)
 
         version, version_dir = layout.new_version()
+        write_run_record(version_dir, identity, cfg.store_text)  # before any vector: makes them salvageable
         pq.write_table(plan.quarantine, version_dir / QUARANTINE_FILE)
         embed_seconds = embed_planned_rows(plan, cfg, encoder, where, version_dir / "vectors", version_dir / "_stats")
         reused_tokens = copy_reused(reuse, version_dir / "vectors")
         timings["embed"] = _lap(started, timings)
         faults.point("after_vectors")
 
-        index_info = build_index(
-            version_dir, version_dir / "vectors", encoder["dim"], requested=cfg.index,
-            memory_budget=cfg.index_memory_bytes, recall_queries=cfg.recall_queries,
-            recall_target=cfg.recall_target, seed=cfg.seed,
-        )
+        index_info = _index(cfg, version_dir, encoder["dim"], plan, reuse)
         timings["index"] = _lap(started, timings)
         faults.point("after_index")
 
@@ -103,7 +102,11 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
             "actor_busy_tokens_per_s": round(stats["tokens"] / stats["busy_s"], 1) if stats["busy_s"] else None,
             "padding_share": round(stats["padding_share"], 4),
             "actors": where["actors"], "device": where["device"],
+            "actor_starts": stats["actors"],  # above `actors`: Ray restarted embed actors and retried their batches
         }
+        if stats["actors"] > where["actors"]:
+            logger.warning("embed actors started %d times for a pool of %d: Ray restarted lost actors and "
+                           "retried their batches", stats["actors"], where["actors"])
         timings["total"] = round(time.perf_counter() - started, 3)
         manifest = build_manifest(
             version=version, previous=previous, cfg=cfg, encoder=encoder,
@@ -111,6 +114,8 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
             index_info=index_info, throughput=throughput, timings=timings,
         )
         manifest["incremental"] = {"enabled": cfg.incremental, "decision": reuse.reason}
+        manifest["salvage"] = {"rows": reuse.rows_salvaged, "from_versions": reuse.salvaged_from,
+                               "skipped_files": reuse.skipped_files}
         write_manifest(version_dir, manifest)  # last: marks the version complete
         faults.point("before_publish")
         layout.publish(version)
@@ -118,6 +123,31 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
     result = EmbedResult(version, version_dir, manifest)
     print(format_summary(result, layout.root))
     return result
+
+
+def _log_reuse(cfg: EmbedConfig, reuse: Reuse) -> None:
+    if cfg.incremental:
+        logger.warning("incremental: %s", reuse.reason)
+    if reuse.rows_salvaged:
+        logger.warning("salvaged %d vectors written by interrupted run(s) %s (same vector identity): not embedding "
+                       "them again", reuse.rows_salvaged, ", ".join(reuse.salvaged_from))
+    if reuse.skipped_files:
+        logger.warning("skipped %d unreadable vectors file(s) of interrupted runs (cut off mid-write)",
+                       len(reuse.skipped_files))
+
+
+def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: Plan, reuse: Reuse) -> dict:
+    """Update the previous IVF index in place when the change is small, else build afresh."""
+    update, why = plan_index_update(reuse.previous_dir, len(reuse.published_ids), plan.rows_to_embed, dim,
+                                    cfg.index, cfg.index_memory_bytes)
+    settings = {"recall_queries": cfg.recall_queries, "recall_target": cfg.recall_target, "seed": cfg.seed}
+    if update:
+        return update_index(version_dir, version_dir / "vectors", reuse.previous_dir, reuse.published_ids, dim,
+                            built_because=why, **settings)
+    if reuse.previous_dir is not None:
+        logger.info("index: rebuilding (%s)", why)
+    return build_index(version_dir, version_dir / "vectors", dim, requested=cfg.index,
+                       memory_budget=cfg.index_memory_bytes, built_because=why, **settings)
 
 
 def _check_first_file(uri: str, columns: Columns) -> None:
@@ -139,6 +169,7 @@ def _counts(plan, index_info: dict, reuse) -> dict:
         "rows_read": plan.rows_read,
         "rows_embedded": index_info["count"] - reuse.rows,
         "rows_reused": reuse.rows,
+        "rows_salvaged": reuse.rows_salvaged,  # part of rows_reused: written by an interrupted run
         "rows_deleted": reuse.rows_deleted,
         "rows_quarantined": plan.quarantine.num_rows,
         "quarantine_by_reason": plan.quarantine_by_reason(),
@@ -159,14 +190,17 @@ def format_summary(result: EmbedResult, root: Path) -> str:
     m = result.manifest
     c, t, i = m["counts"], m["throughput"], m["index"]
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(c["quarantine_by_reason"].items())) or "none"
+    salvaged = f" ({c['rows_salvaged']:,} salvaged from an interrupted run)" if c.get("rows_salvaged") else ""
     lines = [
         f"published version {result.version} in {root}",
-        f"  rows read {c['rows_read']:,} = embedded {c['rows_embedded']:,} + reused {c['rows_reused']:,} + quarantined "
+        f"  rows read {c['rows_read']:,} = embedded {c['rows_embedded']:,} + reused {c['rows_reused']:,}{salvaged} "
+        f"+ quarantined "
         f"{c['rows_quarantined']:,} ({reasons}); deleted since the previous version: {c['rows_deleted']:,}",
         f"  truncated texts: {c['rows_truncated']:,}; files skipped: {c['files_skipped']}",
         f"  tokens {t['tokens']:,} in {t['embed_stage_s']} s: {t['tokens_per_s']} tokens/s "
         f"({t['actors']} {t['device']} actor(s), padding {t['padding_share']:.1%})",
-        f"  index {i['factory']} ({i['count']:,} vectors): {result.version_dir / i['file']}, recall@10 {i['recall_at_10']}",
+        f"  index {i['factory']} ({i['count']:,} vectors, {i.get('built_by', 'rebuild')}): "
+        f"{result.version_dir / i['file']}, recall@10 {i['recall_at_10']}",
         f"  quarantine: {result.version_dir / m['quarantine']['file']}",
         f"  total {m['timings_s']['total']} s",
     ]

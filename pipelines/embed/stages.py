@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from . import faults
 from .batching import padded_positions, plan_groups
 from .scan import Columns, compose_text, content_hash, normalize_ids, open_parquet
 
@@ -92,7 +93,7 @@ class EmbedActor:
 
     def __init__(self, *, model: str | None, identity: dict, max_length: int | None, device: str | None,
                  dtype: str | None, batch_tokens: int, store_text: bool, cpu_threads: int | None, stats_dir: str,
-                 max_padding: float = 0.1):
+                 max_padding: float = 0.1, fault: str | None = None):
         import torch
 
         from l2v_core import Encoder, pick_device_and_dtype
@@ -113,12 +114,19 @@ class EmbedActor:
         self.schema = vectors_schema(self.encoder.dim, store_text)
         self.stats = {"rows": 0, "tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "device": str(device),
                       "dtype": str(dtype), "threads": torch.get_num_threads()}
+        self.stats_dir = stats_dir
         self.stats_path = Path(stats_dir) / f"actor-{uuid.uuid4().hex[:12]}.json"
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        self._save_stats()  # at start-up too: one file per actor process, so restarts are counted
+        self.fault = fault  # L2V_FAULT for crash tests (see faults.py); None in real runs
+        self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from l2v_core import TokenizedBatch
 
+        self.batches += 1
+        if self.batches == faults.ACTOR_FAULT_BATCH:
+            faults.once(self.fault, faults.EMBED_ACTOR, self.stats_dir)
         start = time.perf_counter()
         n_tokens = batch.column("n_tokens").to_pylist()
         input_ids = batch.column("input_ids").to_pylist()
@@ -140,13 +148,18 @@ class EmbedActor:
         self.stats["tokens"] += sum(n_tokens)
         self.stats["padded_tokens"] += padded
         self.stats["busy_s"] += seconds
+        self._save_stats()
+
+    def _save_stats(self) -> None:
         tmp = self.stats_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.stats))
         os.replace(tmp, self.stats_path)
 
 
 def read_actor_stats(stats_dir: Path) -> dict:
-    """Sum of every embed actor's counters (rows, tokens, padded tokens, busy seconds)."""
+    """Sum of every embed actor's counters (rows, tokens, padded tokens, busy seconds). `actors`
+    counts actor processes started: more than the pool size means Ray restarted some. Rows of a
+    batch that Ray retried after a restart are counted twice here (the vectors hold them once)."""
     total = {"rows": 0, "tokens": 0, "padded_tokens": 0.0, "busy_s": 0.0, "actors": 0}
     for path in sorted(Path(stats_dir).glob("actor-*.json")):
         stats = json.loads(path.read_text())

@@ -26,6 +26,10 @@ class LoraSettings(_Strict):
     target_modules: list[str] | None = Field(
         None, description="Linear layer names to adapt; default q,k,v,o,gate,up,down (fused names for Phi-3)."
     )
+    top_layers: int | None = Field(
+        None, ge=1, description="Adapt only the last N decoder layers (backward stops there: ~3x cheaper steps on CPU "
+        "with 10 of 30 layers); null = every layer, as in the reference recipe.",
+    )
 
 
 class StageSettings(_Strict):
@@ -44,6 +48,10 @@ class StageSettings(_Strict):
     gradient_checkpointing: bool = Field(False, description="Recompute activations (use_reentrant=False) to save memory.")
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="Weight dtype; null = bf16 on GPU, float32 on CPU."
+    )
+    autocast_bf16: bool = Field(
+        False, description="Forward passes under torch.autocast(bfloat16) with float32 weights: mixed precision on "
+        "GPUs, ~1.5x faster steps on CPUs with AMX / AVX512-BF16.",
     )
 
 

@@ -216,6 +216,11 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float | None) -> 
     return float(norm)
 
 
+def autocast(stage, device: torch.device):
+    """The forward pass's precision context: bf16 autocast when the stage asks for it, else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16)
+
+
 def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     torch.manual_seed(seed)

@@ -22,7 +22,7 @@ from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
 from .config import MNTPSettings
 from .distributed import mean_over_ranks
-from .loop_tools import (StepLog, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
+from .loop_tools import (StepLog, autocast, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
                          rank_and_world, report, restore, seed_everything, set_cpu_threads)
 
 
@@ -67,7 +67,8 @@ def mntp_loop(config: dict) -> None:
             input_ids, attention_mask, mask_token_id=mask_id, vocab_size=vocab_size,
             probability=stage.mask_probability, special_ids=special_ids, generator=generator,
         )
-        loss = objective(masked.to(device), attention_mask.to(device), labels.to(device))
+        with autocast(stage, device):
+            loss = objective(masked.to(device), attention_mask.to(device), labels.to(device))
         loss.backward()
         grad_norm = clip_and_step(lora_body.parameters(), optimizer, scheduler, stage.max_grad_norm)
         state.step += 1

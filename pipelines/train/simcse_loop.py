@@ -25,7 +25,7 @@ from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
 from .distributed import all_gather_with_grad
-from .loop_tools import (StepLog, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
+from .loop_tools import (StepLog, autocast, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
                          rank_and_world, report, restore, seed_everything, set_cpu_threads)
 
 
@@ -74,8 +74,9 @@ def simcse_loop(config: dict) -> None:
         ids, attention = pad_right(batch["input_ids"], tokenizer.pad_token_id)  # (b, s)
         pool_mask, _ = pad_right(batch["pool_mask"], 0)
         # Both views in one forward pass: dropout draws differ per row, and DDP sees one forward.
-        both = embedder(ids.repeat(2, 1).to(device), attention.repeat(2, 1).to(device),
-                        pool_mask.repeat(2, 1).to(device))  # (2b, d)
+        with autocast(stage, device):
+            both = embedder(ids.repeat(2, 1).to(device), attention.repeat(2, 1).to(device),
+                            pool_mask.repeat(2, 1).to(device))  # (2b, d)
         view_a, view_b = both[: len(ids)], both[len(ids):]
         loss = simcse_loss(view_a, view_b, scale=stage.scale, gather_fn=all_gather_with_grad)  # global batch
         loss.backward()
