@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, help="Ray Train workers per stage")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--strategy", choices=["ddp", "fsdp"], help="ddp (default) or fsdp: shard the model over workers")
     p.add_argument("--storage-path", help="checkpoint storage: local folder, NFS or cloud URI (shared for multi-node)")
     p.add_argument("--name", help="run name; re-running with the same name resumes")
     p.add_argument("--mntp-steps", type=int)
@@ -69,7 +70,7 @@ def build_config(args: argparse.Namespace):
         ("base_model",): args.base_model, ("text_column",): args.text_column,
         ("stages",): args.stages.split(",") if args.stages else None,
         ("cluster", "num_workers"): args.num_workers, ("cluster", "cpus_per_worker"): args.cpus_per_worker,
-        ("cluster", "use_gpu"): args.use_gpu, ("cluster", "storage_path"): args.storage_path,
+        ("cluster", "use_gpu"): args.use_gpu, ("cluster", "strategy"): args.strategy, ("cluster", "storage_path"): args.storage_path,
         ("cluster", "name"): args.name,
         ("mntp", "steps"): args.mntp_steps, ("simcse", "steps"): args.simcse_steps,
         ("mntp", "lr"): args.mntp_lr, ("simcse", "lr"): args.simcse_lr,

@@ -80,11 +80,13 @@ def merge_lora(peft_model) -> nn.Module:
     return peft_model.merge_and_unload()
 
 
-def save_adapter(peft_model, path: str | Path) -> Path:
-    """Write the adapter in peft format (adapter_config.json + adapter_model.safetensors)."""
+def save_adapter(peft_model, path: str | Path, state_dict: dict | None = None) -> Path:
+    """Write the adapter in peft format (adapter_config.json + adapter_model.safetensors).
+    `state_dict`: the model's state dict (LoRA tensors at least) when its own parameters are
+    sharded: the caller gathers the full tensors, peft picks the adapter's."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(path))
+    peft_model.save_pretrained(str(path), state_dict=state_dict)
     return path
 
 

@@ -107,25 +107,36 @@ def _one_process_simcse_losses(model_dir, stage_dict, texts):
     return losses
 
 
-def test_simcse_gather_two_workers_equal_one_worker_with_the_combined_batch(ray_session, tiny):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_simcse_gather_two_workers_equal_one_worker_with_the_combined_batch(ray_session, tiny, strategy):
     """No dropout: the step-1 loss (the gather) and the step-2 loss (the gradient through the
-    gather and DDP) of 2 Ray Train workers x 4 sentences equal one process with all 8."""
+    gather and DDP, or through FSDP's sharded weights) of 2 Ray Train workers x 4 sentences equal
+    one process with all 8. FSDP also crashes after step 3 and resumes from its step-2
+    checkpoint (sharded optimizer state restored from full tensors): step 3 must still match."""
     model, _, root = tiny
     (root / "eight").mkdir(exist_ok=True)
     (root / "eight" / "s.txt").write_text("\n".join(SENTENCES) + "\n")
-    stage = fast_stage(steps=2, batch_size=8, max_length=32, lr=0.05, checkpoint_every=2, attention_dropout=0.0,
+    stage = fast_stage(steps=3, batch_size=8, max_length=32, lr=0.05, checkpoint_every=2, attention_dropout=0.0,
                        max_grad_norm=None, lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    log = root / "gather.jsonl"
-    dataset = simcse_sentences(str(root / "eight"), model_path=model, max_length=32, split=False, min_chars=5)
-    trainer = build_trainer(simcse_loop, {"stage": stage, "model_path": model, "log_path": str(log)},
-                            ClusterSettings(num_workers=2, cpus_per_worker=0.5), name="gather",
-                            storage_path=str(root / "storage"), datasets={"train": dataset})
-    trainer.fit()
-    two_workers = [r["loss"] for r in _records(log)]
+    log = root / f"gather-{strategy}.jsonl"
+
+    def fit(**extra):
+        dataset = simcse_sentences(str(root / "eight"), model_path=model, max_length=32, split=False, min_chars=5)
+        config = {"stage": stage, "model_path": model, "log_path": str(log), "strategy": strategy, **extra}
+        return build_trainer(simcse_loop, config, ClusterSettings(num_workers=2, cpus_per_worker=0.5, max_failures=0),
+                             name=f"gather-{strategy}", storage_path=str(root / "storage"),
+                             datasets={"train": dataset}).fit()
+
     one_process = _one_process_simcse_losses(model, stage, SENTENCES)
-    assert len(two_workers) == 2
-    assert two_workers == pytest.approx(one_process, abs=1e-4)
     assert abs(one_process[1] - one_process[0]) > 1e-3  # the update did change the loss
+    if strategy == "ddp":
+        fit()
+    else:
+        with pytest.raises(Exception, match="injected failure"):
+            fit(fail_at_step=3)
+        assert fit().metrics["start_step"] == 2
+    two_workers = [r["loss"] for r in _records(log)]
+    assert two_workers == pytest.approx(one_process, abs=1e-4)
 
 
 def test_rerun_with_the_same_name_resumes_from_the_checkpoint(ray_session, tiny):

@@ -55,7 +55,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
             dataset = simcse_sentences(simcse_corpus or corpus, model_path=model_ref, max_length=stage.max_length,
                                        split=split, min_chars=stage.min_chars, text_column=cfg.text_column)
         loop_config = {"stage": stage.model_dump(), "model_path": model_ref, "merge": list(checkpoints),
-                       "log_path": str(output / "logs" / f"{stage_name}.live.jsonl"),
+                       "log_path": str(output / "logs" / f"{stage_name}.live.jsonl"), "strategy": cfg.cluster.strategy,
                        "cpu_threads": cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker))}
         start = time.perf_counter()
         result = run_stage(loop, loop_config, cfg.cluster, name=f"{run_name}-{stage_name}", storage_path=storage,

@@ -81,6 +81,10 @@ class ClusterSettings(_Strict):
     threads_per_worker: int | None = Field(
         None, ge=1, description="CPU training: torch intra-op threads per worker; null = int(cpus_per_worker)."
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: each worker holds the whole model; fsdp: FSDP2 shards the decoder layers over the "
+        "workers (models too large for one device).",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Worker placement over nodes."
     )

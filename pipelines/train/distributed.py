@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -45,3 +46,36 @@ def mean_over_ranks(value: float, device: torch.device | str = "cpu") -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / dist.get_world_size()
+
+
+def prepare_for_training(module: nn.Module, strategy: str = "ddp") -> nn.Module:
+    """Move `module` to this worker's device and wrap it for data parallelism.
+
+    - ddp: every worker holds the whole model; gradients are all-reduced (Ray's prepare_model).
+    - fsdp: FSDP2 (`fully_shard`) shards each decoder layer's weights, then the rest, over the
+      workers: for models whose weights do not fit one device. Works on GPUs (NCCL) and CPUs (gloo).
+    With one worker there is nothing to shard and both are the plain module.
+    """
+    import ray.train.torch
+
+    if strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"unknown strategy {strategy!r}; use ddp or fsdp")
+    if strategy == "ddp" or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ray.train.torch.prepare_model(module)
+    from torch.distributed.fsdp import fully_shard
+
+    module.to(ray.train.torch.get_device())
+    layers = [m for m in module.modules() if type(m).__name__ in _no_split_modules(module)]
+    if not layers:
+        raise ValueError(f"fsdp: found no decoder layers to shard in {type(module).__name__}; use strategy ddp")
+    for layer in layers:
+        fully_shard(layer)
+    return fully_shard(module)
+
+
+def _no_split_modules(module: nn.Module) -> set[str]:
+    """Class names transformers marks as whole blocks (`_no_split_modules`, e.g. LlamaDecoderLayer)."""
+    names: set[str] = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return names

@@ -14,10 +14,15 @@ from typing import Iterator
 
 import ray.train
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
 from transformers import get_linear_schedule_with_warmup
 
 from l2v_core.lora import load_adapter, load_lora_state_dict, lora_state_dict, merge_lora, save_adapter
 
+# Full (unsharded) tensors on the CPU, trainable ones only: the same checkpoint for DDP, FSDP and
+# one worker, and a few MB for a LoRA whatever the size of the frozen base.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 ADAPTER_DIR = "adapter"
 STATE_FILE = "training_state.pt"
 STEP_LOG = "steps.jsonl"
@@ -90,28 +95,41 @@ def make_optimizer(model: torch.nn.Module, stage) -> tuple[torch.optim.Optimizer
     return optimizer, scheduler
 
 
-def restore(peft_model, optimizer, scheduler, log: "StepLog") -> TrainState:
-    """Load the latest checkpoint of this run, if any (a resumed or restarted run)."""
+@dataclass
+class Resumed:
+    """What the latest checkpoint of this run holds (nothing for a fresh run)."""
+
+    state: TrainState
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+
+    def restore_optimizer(self, peft_model, optimizer, scheduler) -> TrainState:
+        """Load the optimizer and schedule into the (possibly sharded) model's optimizer; returns the step."""
+        if self.optimizer is not None:
+            set_optimizer_state_dict(peft_model, optimizer, optim_state_dict=self.optimizer, options=FULL_STATE)
+            scheduler.load_state_dict(self.scheduler)
+        return self.state
+
+
+def load_checkpoint(peft_model, log: "StepLog") -> Resumed:
+    """Load the adapter of this run's latest checkpoint, if any (a resumed or restarted run), into
+    `peft_model`. Call it before the model is wrapped for training: the adapter file holds full
+    tensors, which a sharded (FSDP) model cannot take as they are. The optimizer follows later,
+    through `Resumed.restore_optimizer`."""
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
-        return TrainState()
+        return Resumed(TrainState())
     with ckpt.as_directory() as folder:
         from safetensors.torch import load_file
 
         folder = Path(folder)
-        load_lora_state_dict(peft_model, _adapter_tensors(folder / ADAPTER_DIR, load_file))
-        saved = torch.load(folder / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        # peft saves keys without the adapter name; set_peft_model_state_dict expects exactly that.
+        load_lora_state_dict(peft_model, load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors")))
+        saved = torch.load(folder / STATE_FILE, weights_only=True)  # our own file, still no pickle of objects
         log.restore(folder / STEP_LOG)
-        state = TrainState(**saved["state"])
+    state = TrainState(**saved["state"])
     log.info(f"resumed from checkpoint at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
-    return state
-
-
-def _adapter_tensors(folder: Path, load_file) -> dict:
-    # peft saves keys without the adapter name; set_peft_model_state_dict expects exactly that.
-    return load_file(str(folder / "adapter_model.safetensors"))
+    return Resumed(state, saved["optimizer"], saved["scheduler"])
 
 
 def batches(shard, batch_size: int, state: TrainState, total_steps: int, *, seed: int, shuffle_rows: int = 0,
@@ -146,16 +164,19 @@ def batches(shard, batch_size: int, state: TrainState, total_steps: int, *, seed
 
 
 def report(state: TrainState, metrics: dict, peft_model, optimizer, scheduler, log: "StepLog", stage_info: dict) -> None:
-    """Every rank reports (it is a barrier); rank 0 alone attaches the checkpoint."""
+    """Every rank reports (it is a barrier) and gathers the full adapter and optimizer state (a
+    collective under FSDP); rank 0 alone writes and attaches the checkpoint."""
     rank, _ = rank_and_world()
     metrics = {**metrics, "step": state.step, "epoch": state.epoch}
+    trainable = get_model_state_dict(peft_model, options=FULL_STATE)  # the LoRA tensors, whole
+    optimizer_state = get_optimizer_state_dict(peft_model, optimizer, options=FULL_STATE)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="l2v-ckpt-") as folder:
         folder = Path(folder)
-        save_adapter(peft_model, folder / ADAPTER_DIR)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": asdict(state)},
+        save_adapter(peft_model, folder / ADAPTER_DIR, state_dict=trainable)
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "state": asdict(state)},
                    folder / STATE_FILE)
         log.copy_to(folder / STEP_LOG)
         (folder / "stage.json").write_text(json.dumps({**stage_info, **metrics}, indent=2))

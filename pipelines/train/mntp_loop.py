@@ -5,7 +5,7 @@ bidirectional attention, add a fresh LoRA to the body, then for each batch of pa
 mask (80/10/10), predict each masked token from the hidden state just before it, step.
 
 train_loop_config keys: stage (MNTPSettings as a dict), model_path, merge (earlier checkpoints),
-log_path (optional live JSONL on rank 0), fail_at_step (tests: crash once there).
+log_path (optional live JSONL on rank 0), strategy (ddp | fsdp), fail_at_step (tests: crash once there).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from l2v_core.lora import apply_lora, count_trainable
 from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
 from .config import MNTPSettings
-from .distributed import mean_over_ranks
+from .distributed import mean_over_ranks, prepare_for_training
 from .loop_tools import (StepLog, autocast, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
-                         rank_and_world, report, restore, seed_everything, set_cpu_threads)
+                         load_checkpoint, rank_and_world, report, seed_everything, set_cpu_threads)
 
 
 def mntp_loop(config: dict) -> None:
@@ -43,12 +43,13 @@ def mntp_loop(config: dict) -> None:
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    objective = ray.train.torch.prepare_model(MNTPObjective(model))
+    resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
+    objective = prepare_for_training(MNTPObjective(model), config.get("strategy", "ddp"))
     trainable, total = count_trainable(model)
     log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
 
     optimizer, scheduler = make_optimizer(lora_body, stage)
-    state = restore(lora_body, optimizer, scheduler, log)
+    state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
     start_step = state.step
     mask_id = resolve_mask_token_id(tokenizer, stage.mask_token)
     special_ids = tokenizer.all_special_ids

@@ -7,7 +7,7 @@ gather both views from every worker with gradient, and take the contrastive loss
 global batch.
 
 train_loop_config keys: stage (SimCSESettings as a dict), model_path, merge (earlier
-checkpoints), log_path (optional live JSONL on rank 0), fail_at_step (tests).
+checkpoints), log_path (optional live JSONL on rank 0), strategy (ddp | fsdp), fail_at_step (tests).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from l2v_core.contrastive import PooledEmbedder, set_attention_dropout, simcse_l
 from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
-from .distributed import all_gather_with_grad
+from .distributed import all_gather_with_grad, prepare_for_training
 from .loop_tools import (StepLog, autocast, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
-                         rank_and_world, report, restore, seed_everything, set_cpu_threads)
+                         load_checkpoint, rank_and_world, report, seed_everything, set_cpu_threads)
 
 
 def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,12 +57,13 @@ def simcse_loop(config: dict) -> None:
     if stage.gradient_checkpointing:
         body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     embedder = PooledEmbedder(lora_body, stage.pooling).train()
-    embedder = ray.train.torch.prepare_model(embedder)
+    resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
+    embedder = prepare_for_training(embedder, config.get("strategy", "ddp"))
     trainable, total = count_trainable(body)
     log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
 
     optimizer, scheduler = make_optimizer(lora_body, stage)
-    state = restore(lora_body, optimizer, scheduler, log)
+    state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
     start_step = state.step
     torch.manual_seed(stage.seed * 100_003 + rank * 1009 + state.step)  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)
