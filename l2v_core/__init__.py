@@ -10,7 +10,8 @@ from .bidirectional import (
 )
 from .default_model import DEFAULT_MODEL_NAME, default_model_dir
 from .device import pick_device_and_dtype
-from .encoder import Encoder, padding_share, plan_micro_batches
+from .batching import padded_positions, padding_share, plan_micro_batches
+from .encoder import Encoder
 from .loading import backbone_of, load_model, load_tokenizer, resolve_model_path, weights_sha256
 from .pooling import pool
 from .settings import CONFIG_FILE, POOLING_MODES, EncoderSettings
@@ -32,6 +33,7 @@ __all__ = [
     "enable_bidirectional",
     "load_model",
     "load_tokenizer",
+    "padded_positions",
     "padding_share",
     "pick_device_and_dtype",
     "plan_micro_batches",

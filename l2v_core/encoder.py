@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batching import DEFAULT_MAX_PADDING, plan_micro_batches
 from .bidirectional import set_attention_mode
 from .loading import backbone_of, files_sha256, load_model, resolve_model_path, weights_sha256
 from .pooling import pool
@@ -121,8 +122,12 @@ class Encoder:
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         normalize: bool = True,
         show_progress: bool = False,
+        max_padding: float = DEFAULT_MAX_PADDING,
     ) -> np.ndarray:
         """Embed `texts` -> float32 array (n, dim), rows in input order.
+
+        Texts are sorted by token length and cut into micro-batches of at most `batch_tokens`
+        padded tokens whose padding stays under `max_padding` (see `l2v_core.batching`).
 
         An empty list gives a (0, dim) array. Empty or whitespace-only texts and non-strings raise
         (they have nothing to embed; see `check_texts`). Texts over `max_length` tokens are truncated
@@ -132,21 +137,24 @@ class Encoder:
         n_truncated = sum(batch.truncated)
         if n_truncated:
             logger.warning("%d of %d texts truncated to max_length=%d tokens", n_truncated, len(batch), self.settings.max_length)
-        return self.encode_tokenized(batch, batch_tokens=batch_tokens, normalize=normalize, show_progress=show_progress)
+        return self.encode_tokenized(batch, batch_tokens=batch_tokens, normalize=normalize, show_progress=show_progress,
+                                     max_padding=max_padding)
 
     @torch.inference_mode()
     def encode_tokenized(
         self, batch: TokenizedBatch, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, normalize: bool = True,
         show_progress: bool = False, micro_batches: list[list[int]] | None = None,
+        max_padding: float = DEFAULT_MAX_PADDING,
     ) -> np.ndarray:
         """Embed pre-tokenized texts. Sorts by length, cuts micro-batches so that padded
-        (rows x longest) stays within `batch_tokens`, and restores the input order.
-        `micro_batches` (row groups) replaces that plan, e.g. to compare batching strategies."""
+        (rows x longest) stays within `batch_tokens` and padding under `max_padding`, and
+        restores the input order. `micro_batches` (row groups) replaces that plan, e.g. to
+        compare batching strategies."""
         out = np.empty((len(batch), self.dim), dtype=np.float32)
         if len(batch) == 0:
             return out
         if micro_batches is None:
-            micro_batches = plan_micro_batches(batch.n_tokens, batch_tokens)
+            micro_batches = plan_micro_batches(batch.n_tokens, batch_tokens, max_padding)
         progress = _progress(len(batch), show_progress)
         for rows in micro_batches:
             vectors = self._forward(batch, rows)
@@ -183,32 +191,6 @@ class Encoder:
         self.tokenizer.save_pretrained(path)
         self.settings.save(path)
         return path
-
-
-def plan_micro_batches(n_tokens: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Row indices grouped longest first, each group's rows x longest <= batch_tokens (a text
-    longer than the budget goes alone)."""
-    if batch_tokens < 1:
-        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
-    order = sorted(range(len(n_tokens)), key=lambda i: -n_tokens[i])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = n_tokens[current[0]] if current else n_tokens[i]
-        if current and (len(current) + 1) * longest > batch_tokens:
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    return groups
-
-
-def padding_share(n_tokens: Sequence[int], groups: list[list[int]]) -> float:
-    """The fraction of padded positions in `groups` (what a batch plan wastes)."""
-    real = sum(n_tokens[i] for g in groups for i in g)
-    padded = sum(len(g) * max(n_tokens[i] for i in g) for g in groups)
-    return 1.0 - real / padded if padded else 0.0
 
 
 def _progress(total: int, enabled: bool):

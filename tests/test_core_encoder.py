@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2v_core import Encoder, EncoderSettings, padding_share, plan_micro_batches
+from l2v_core import Encoder, EncoderSettings
 from l2v_core.testing import tiny_model_and_tokenizer
 
 TEXTS = [
@@ -108,15 +108,6 @@ def test_invalid_settings_are_rejected():
         EncoderSettings(pooling="max")
     with pytest.raises(ValueError, match="extra"):
         EncoderSettings(poolin="mean")
-
-
-def test_micro_batches_respect_the_budget_and_cover_every_row():
-    n_tokens = [5, 100, 7, 30, 30, 2, 64]
-    groups = plan_micro_batches(n_tokens, 128)
-    assert sorted(i for g in groups for i in g) == list(range(len(n_tokens)))
-    for g in groups:
-        assert len(g) == 1 or len(g) * max(n_tokens[i] for i in g) <= 128
-    assert padding_share(n_tokens, groups) < padding_share(n_tokens, [list(range(len(n_tokens)))])
 
 
 def test_dtype_and_device_defaults_to_float32_on_cpu(tiny_encoder_dir):

@@ -97,22 +97,6 @@ def test_read_tokenize_embed_stages_on_a_table(tmp_path, tiny_encoder_dir):
                    stats_dir=str(tmp_path / "stats"))
 
 
-def test_micro_batches_respect_budget_and_padding_cap():
-    from pipelines.embed.batching import padded_positions, plan_groups
-
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 120, size=500).tolist() + [400]
-    groups = plan_groups(lengths, batch_tokens=1024, max_padding=0.1)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:
-        longest = max(lengths[i] for i in g)
-        assert len(g) * longest <= 1024 or len(g) == 1
-        assert 1 - sum(lengths[i] for i in g) / (len(g) * longest) <= 0.1
-    assert 1 - sum(lengths) / padded_positions(lengths, groups) < 0.1
-    with pytest.raises(ValueError, match="max_padding"):
-        plan_groups([1], 10, 1.5)
-
-
 def test_embed_job_exit_codes(tmp_path):
     import importlib.util
     from pathlib import Path

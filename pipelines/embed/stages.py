@@ -18,8 +18,9 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from l2v_core.batching import padded_positions, plan_micro_batches
+
 from . import faults
-from .batching import padded_positions, plan_groups
 from .scan import Columns, compose_text, content_hash, normalize_ids, open_parquet
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def vectors_schema(dim: int, store_text: bool) -> pa.Schema:
 
 class EmbedActor:
     """Loads the encoder once; embeds batches of tokenized rows, sorted by length and cut into
-    micro-batches by a token budget and a padding cap inside each batch (`batching.plan_groups`)."""
+    micro-batches by a token budget and a padding cap inside each batch (`l2v_core.batching`)."""
 
     def __init__(self, *, model: str | None, identity: dict, max_length: int | None, device: str | None,
                  dtype: str | None, batch_tokens: int, store_text: bool, cpu_threads: int | None, stats_dir: str,
@@ -132,7 +133,7 @@ class EmbedActor:
         input_ids = batch.column("input_ids").to_pylist()
         pool_mask = batch.column("pool_mask").to_pylist()
         vectors = np.empty((len(n_tokens), self.encoder.dim), dtype=np.float32)
-        groups = plan_groups(n_tokens, self.batch_tokens, self.max_padding)
+        groups = plan_micro_batches(n_tokens, self.batch_tokens, self.max_padding)
         for rows in groups:
             group = TokenizedBatch([input_ids[r] for r in rows], [pool_mask[r] for r in rows],
                                    [n_tokens[r] for r in rows], [False] * len(rows))
