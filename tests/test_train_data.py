@@ -40,6 +40,17 @@ def test_tokenize_sentences_drops_short_ones_and_marks_pooled_tokens(model_dir):
     assert all(len(i) == len(m) and all(m) for i, m in zip(ids, mask))
 
 
+def test_tokenize_sentences_with_an_instruction_pools_only_the_sentence(model_dir):
+    batch = {"text": np.array([SENTENCES[0]], dtype=object)}
+    plain = tokenize_sentences(batch, model_path=model_dir, max_length=64, split=False, min_chars=10)
+    table = tokenize_sentences(batch, model_path=model_dir, max_length=64, split=False, min_chars=10,
+                               instruction="Retrieve semantically similar text:")
+    [ids], [mask] = table.column("input_ids").to_pylist(), table.column("pool_mask").to_pylist()
+    assert len(ids) > plain.column("input_ids").to_pylist()[0].__len__()
+    assert mask[0] == 0 and mask[-1] == 1  # instruction attended to, not pooled
+    assert sum(mask) == len(plain.column("pool_mask").to_pylist()[0])
+
+
 def test_read_corpus_parquet_with_a_named_column_and_text_files(ray_session, tmp_path, model_dir):
     pq.write_table(pa.table({"id": [1, 2, 3], "body": [SENTENCES[0], "   ", SENTENCES[1]]}), tmp_path / "c.parquet")
     rows = read_corpus(str(tmp_path / "c.parquet"), text_column="body").take_all()

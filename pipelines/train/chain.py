@@ -41,6 +41,8 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
     storage = check_storage(cfg.cluster.storage_path or str(output / "ray_results"), explicit=explicit_storage)
     run_name = cfg.cluster.name or output.name
     model_ref = model_reference(cfg.base_model)
+    # SimCSE trained with an instruction: the encoder uses it for symmetric similarity.
+    instructions = {"sts": cfg.simcse.instruction} if cfg.simcse.instruction and "simcse" in cfg.stages else {}
     history: list[dict] = [{"name": "bidirectional", "note": "attention switched to bidirectional, no training"}]
     checkpoints, logs = [], {}
 
@@ -53,7 +55,8 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
             loop = simcse_loop
             split = stage.split_sentences or simcse_corpus is None
             dataset = simcse_sentences(simcse_corpus or corpus, model_path=model_ref, max_length=stage.max_length,
-                                       split=split, min_chars=stage.min_chars, text_column=cfg.text_column)
+                                       split=split, min_chars=stage.min_chars, text_column=cfg.text_column,
+                                       instruction=stage.instruction)
         loop_config = {"stage": stage.model_dump(), "model_path": model_ref, "merge": list(checkpoints),
                        "log_path": str(output / "logs" / f"{stage_name}.live.jsonl"), "strategy": cfg.cluster.strategy,
                        "cpu_threads": cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker))}
@@ -74,11 +77,11 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
         logger.info("stage %s done in %.1f s (loss %s)", stage_name, wall, result.metrics.get("loss"))
         if index < len(cfg.stages) - 1:
             export_encoder(model_ref, checkpoints, output / "stages" / stage_name / "encoder",
-                           pooling=cfg.simcse.pooling, max_length=512, stages=list(history))
+                           pooling=cfg.simcse.pooling, max_length=512, stages=list(history), instructions=instructions)
 
     start = time.perf_counter()
     encoder_dir = export_encoder(model_ref, checkpoints, output / "encoder", pooling=cfg.simcse.pooling,
-                                 max_length=512, stages=history)
+                                 max_length=512, stages=history, instructions=instructions)
     png = plot_losses(logs, output / "loss_curves.png") if logs else None
     summary = {
         "encoder": str(encoder_dir), "adapters": str(output / "adapters"), "loss_curves": str(png) if png else None,

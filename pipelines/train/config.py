@@ -69,6 +69,10 @@ class SimCSESettings(StageSettings):
     attention_dropout: float = Field(0.3, ge=0, lt=1, description="Attention dropout: the augmentation.")
     pooling: PoolingMode = Field("mean", description="Pooling in training and in the exported encoder.")
     min_chars: int = Field(20, ge=1, description="Sentences shorter than this are dropped.")
+    instruction: str | None = Field(
+        None, description="An instruction put before every training sentence (attended to, never pooled), e.g. "
+        "the STS one; it becomes the exported encoder's 'sts' instruction. null = plain sentences (the reference).",
+    )
     split_sentences: bool = Field(
         False, description="Split each corpus row into sentences (true for documents; false for a one-sentence-per-line file)."
     )

@@ -77,8 +77,10 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def tokenize_sentences(batch: dict, *, model_path: str, max_length: int, split: bool, min_chars: int) -> pa.Table:
-    """{"text": (n,)} -> table {"input_ids": list<int32>, "pool_mask": list<int8>}, one row per sentence."""
+def tokenize_sentences(batch: dict, *, model_path: str, max_length: int, split: bool, min_chars: int,
+                       instruction: str | None = None) -> pa.Table:
+    """{"text": (n,)} -> table {"input_ids": list<int32>, "pool_mask": list<int8>}, one row per sentence.
+    With `instruction`, each sentence follows it; its tokens are attended to, not pooled."""
     from l2v_core import tokenize_texts
 
     sentences: list[str] = []
@@ -87,7 +89,7 @@ def tokenize_sentences(batch: dict, *, model_path: str, max_length: int, split: 
         sentences.extend(s for s in parts if len(s) >= min_chars)
     if not sentences:
         return pa.table({"input_ids": pa.array([], pa.list_(pa.int32())), "pool_mask": pa.array([], pa.list_(pa.int8()))})
-    tokenized = tokenize_texts(_tokenizer(model_path), sentences, max_length=max_length)
+    tokenized = tokenize_texts(_tokenizer(model_path), sentences, instruction, max_length=max_length)
     return pa.table({
         "input_ids": pa.array(tokenized.input_ids, pa.list_(pa.int32())),
         "pool_mask": pa.array(tokenized.pool_mask, pa.list_(pa.int8())),
@@ -95,11 +97,13 @@ def tokenize_sentences(batch: dict, *, model_path: str, max_length: int, split: 
 
 
 def simcse_sentences(
-    corpus: str, *, model_path: str, max_length: int, split: bool, min_chars: int, text_column: str = "text"
+    corpus: str, *, model_path: str, max_length: int, split: bool, min_chars: int, text_column: str = "text",
+    instruction: str | None = None,
 ) -> ray.data.Dataset:
     """The SimCSE training set: tokenized sentences (columns `input_ids`, `pool_mask`)."""
     return read_corpus(corpus, text_column).map_batches(
         tokenize_sentences,
-        fn_kwargs={"model_path": model_path, "max_length": max_length, "split": split, "min_chars": min_chars},
+        fn_kwargs={"model_path": model_path, "max_length": max_length, "split": split, "min_chars": min_chars,
+                   "instruction": instruction},
         batch_size=_READ_BATCH_ROWS, batch_format="numpy",
     )

@@ -27,12 +27,13 @@ def base_model_sha256(model_ref: str) -> str | None:
 
 
 def export_encoder(model_ref: str, checkpoints: list, out_dir: str | Path, *, pooling: str, max_length: int,
-                   stages: list[dict]) -> Path:
-    """Base model + adapters of `checkpoints` (in order) -> encoder folder at `out_dir` (float32)."""
+                   stages: list[dict], instructions: dict[str, str] | None = None) -> Path:
+    """Base model + adapters of `checkpoints` (in order) -> encoder folder at `out_dir` (float32).
+    `instructions` are added to (or replace) DEFAULT_INSTRUCTIONS in its l2v_config.json."""
     body, tokenizer = load_model(model_ref, with_lm_head=False, device="cpu", dtype="float32")
     body = merge_earlier_adapters(body, checkpoints)
     settings = EncoderSettings(
-        pooling=pooling, max_length=max_length, bidirectional=True, instructions=dict(DEFAULT_INSTRUCTIONS),
+        pooling=pooling, max_length=max_length, bidirectional=True, instructions={**DEFAULT_INSTRUCTIONS, **(instructions or {})},
         base_model=str(model_ref), base_model_sha256=base_model_sha256(model_ref), stages=stages,
     )
     out_dir = Path(out_dir)
