@@ -2,6 +2,7 @@
 
     python benchmarks/bench_embed.py                                  # SciFact (../shared/data), default model
     python benchmarks/bench_embed.py --limit 2000 --max-length 256
+    python benchmarks/bench_embed.py --limit 0 --max-length 256 --dtype bfloat16   # all of SciFact, AMX CPU
     python benchmarks/bench_embed.py --corpus sample --model out/encoder
     python benchmarks/bench_embed.py --device cuda --limit 0 --batch-size 2048   # on a GPU node
     python benchmarks/bench_embed.py --model tiny --limit 0 --index ivf       # overheads at scale
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=512, help="rows per embed batch (sorted inside)")
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="default: bf16 on CUDA, float32 on CPU; bfloat16 is ~3x faster on AMX CPUs")
     p.add_argument("--num-actors", type=int, default=None)
     args = p.parse_args(argv)
 
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     texts = [compose_text(t, x) for t, x in zip(table.column("title").to_pylist(), table.column("text").to_pylist())]
 
     # bare encoder, in this process
-    device, dtype = pick_device_and_dtype(args.device)
+    device, dtype = pick_device_and_dtype(args.device, args.dtype)
     encoder = Encoder.from_pretrained(args.model, max_length=args.max_length, device=device, dtype=dtype)
     tokens = sum(encoder.tokenize(texts).n_tokens)
     encoder.encode(texts[:8], batch_tokens=args.batch_tokens)  # warm-up
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     cfg = EmbedConfig(input=[str(corpus)], output=str(work / "out"), model=args.model, title_column="title",
                       max_length=args.max_length, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                      device=args.device, num_actors=args.num_actors, index=args.index,
+                      device=args.device, dtype=args.dtype, num_actors=args.num_actors, index=args.index,
                       cpu_threads=None if device.type == "cuda" else torch.get_num_threads())
     result = run_embed(cfg)
     m = result.manifest

@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="encoder folder; 'tiny' = a tiny random encoder")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--changed", type=float, default=0.01, help="share of documents changed")
+    p.add_argument("--dtype", default=None, help="embed actors' dtype (bfloat16: ~3x faster on AMX CPUs)")
     args = p.parse_args(argv)
 
     import pyarrow as pa
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     corpus = scifact_parquet(work, args.limit or None)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     cfg = EmbedConfig(input=[str(corpus)], output=str(work / "out"), model=model, title_column="title",
-                      max_length=args.max_length, incremental=True)
+                      max_length=args.max_length, dtype=args.dtype, incremental=True)
     start = time.perf_counter()
     run_embed(cfg)
     full_s = time.perf_counter() - start

@@ -1,6 +1,7 @@
 """Training throughput of each stage on Ray Train: one JSON line per stage.
 
     python benchmarks/bench_train.py [--base-model PATH] [--num-workers 1] [--steps 6] [--use-gpu]
+    python benchmarks/bench_train.py --threads 2 --autocast-bf16 --top-layers 10   # the cpu_quality settings
 
 Runs MNTP (packed blocks of --block-size tokens) and SimCSE (sentences up to --max-length tokens,
 two dropout views) for --steps each on the default model, through the same `run_stage` as
@@ -39,6 +40,9 @@ def parse_args():
     p.add_argument("--simcse-batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument("--autocast-bf16", action="store_true", help="forward passes under bf16 autocast (AMX CPUs, GPUs)")
+    p.add_argument("--top-layers", type=int, default=None, help="SimCSE LoRA on the last N layers only")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per CPU worker (default: its CPUs)")
     p.add_argument("--corpus", default=str(SHARED / "wikitext2" / "wiki.test.raw"))
     p.add_argument("--sentences", default=str(SHARED / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt"))
     return p.parse_args()
@@ -73,11 +77,12 @@ def main() -> None:
     model = model_reference(args.base_model)
     cluster = ClusterSettings(num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                               max_failures=0, num_to_keep=1)
-    common = dict(steps=args.steps, checkpoint_every=args.steps, dtype=args.dtype)
+    common = dict(steps=args.steps, checkpoint_every=args.steps, dtype=args.dtype, autocast_bf16=args.autocast_bf16)
     stages = {
         "mntp": (mntp_loop, MNTPSettings(batch_size=args.mntp_batch_size, block_size=args.block_size, **common),
                  lambda s: mntp_blocks(args.corpus, model_path=model, block_size=s.block_size)),
-        "simcse": (simcse_loop, SimCSESettings(batch_size=args.simcse_batch_size, max_length=args.max_length, **common),
+        "simcse": (simcse_loop, SimCSESettings(batch_size=args.simcse_batch_size, max_length=args.max_length,
+                                               lora={"top_layers": args.top_layers}, **common),
                    lambda s: simcse_sentences(args.sentences, model_path=model, max_length=s.max_length, split=False,
                                               min_chars=s.min_chars)),
     }
@@ -87,14 +92,15 @@ def main() -> None:
             log = Path(tmp) / f"{name}.jsonl"
             start = time.perf_counter()
             run_stage(loop, {"stage": stage.model_dump(), "model_path": model, "log_path": str(log),
-                             "cpu_threads": max(1, int(args.cpus_per_worker))},
+                             "cpu_threads": args.threads or max(1, int(args.cpus_per_worker))},
                       cluster, name=f"bench-{name}-{int(time.time())}", storage_path=str(Path(tmp) / "storage"),
                       datasets={"train": dataset(stage)})
             records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             steady = records[1:] or records
             print(json.dumps({
                 "bench": "train", "stage": name, "model": str(args.base_model), "device": device_name(args.use_gpu),
-                "num_workers": args.num_workers, "batch_size": stage.batch_size,
+                "num_workers": args.num_workers, "batch_size": stage.batch_size, "autocast_bf16": args.autocast_bf16,
+                "top_layers": args.top_layers if name == "simcse" else None, "threads": args.threads,
                 "tokens_per_row": args.block_size if name == "mntp" else f"<= {args.max_length}",
                 "steps": len(records), "median_step_s": round(statistics.median(r["step_time_s"] for r in steady), 3),
                 "tokens_per_s_per_worker": round(statistics.median(r["tokens_per_s_per_worker"] for r in steady), 1),

@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--causal", action="store_true", help="causal attention (the un-adapted baseline)")
     p.add_argument("--pooling", help="override the pooling mode (mean, weighted_mean, last_token, first_token)")
     p.add_argument("--max-length", type=int, help="override tokens per text")
+    p.add_argument("--dtype", help="float32 (CPU default) or bfloat16: on CPUs with AMX about 3x faster, "
+                                   "embeddings within cosine 0.999 of float32")
     p.add_argument("--stsb", default=str(SHARED_DATA / "stsb"), help="folder with sts-test.csv")
     p.add_argument("--scifact", default=str(SHARED_DATA / "scifact"), help="BEIR SciFact folder")
     p.add_argument("--tasks", default="stsb,scifact", help="comma-separated: stsb, scifact")
@@ -68,13 +70,14 @@ def load_embedder(args):
         overrides["pooling"] = args.pooling
     if args.max_length:
         overrides["max_length"] = args.max_length
-    encoder = Encoder.from_pretrained(None if args.model == "default" else args.model, **overrides)
+    encoder = Encoder.from_pretrained(None if args.model == "default" else args.model, dtype=args.dtype, **overrides)
 
     def embed(texts, instruction):
         return encoder.encode(list(texts), instruction, batch_tokens=args.batch_tokens, show_progress=True)
 
     settings = encoder.settings
-    return embed, {"model": args.model, "bidirectional": settings.bidirectional, "pooling": settings.pooling,
+    return embed, {"model": args.model, "dtype": str(encoder.dtype).removeprefix("torch."),
+                   "bidirectional": settings.bidirectional, "pooling": settings.pooling,
                    "max_length": settings.max_length, "stages": [s.get("name") for s in settings.stages]}
 
 

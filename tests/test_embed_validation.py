@@ -12,7 +12,7 @@ from pipelines.embed import BadFileError, MissingColumnsError, OutputLayout, run
 @pytest.fixture
 def messy_corpus(tmp_path):
     """a: 6 rows (2 good, null text, empty text, null id, a duplicate of a good id)
-    b: 3 rows (a later copy of 'a1', a good row, a copy of 'b1' kept over... see below)
+    b: 4 rows (a later copy of 'a1', a good row, the first valid copy of 'a3', a huge text)
     c: 2 rows whose text column is an integer column
     d: not parquet at all."""
     folder = tmp_path / "corpus"
@@ -21,7 +21,8 @@ def messy_corpus(tmp_path):
         "id": ["a1", "a2", "a3", "a4", None, "a2"],
         "text": ["alpha text", "bravo text", None, "   ", "orphan text", "bravo again"],
     }), folder / "a.parquet")
-    pq.write_table(pa.table({"id": ["a1", "b1", "a3"], "text": ["alpha later", "charlie text", "a3 has text here"]}),
+    pq.write_table(pa.table({"id": ["a1", "b1", "a3", "b2"],
+                             "text": ["alpha later", "charlie text", "a3 has text here", "huge " * 50_000]}),
                    folder / "b.parquet")
     pq.write_table(pa.table({"id": [7, 8], "text": [1, 2]}), folder / "c.parquet")
     (folder / "d.parquet").write_bytes(b"PAR1 definitely not a parquet file PAR1")
@@ -31,14 +32,16 @@ def messy_corpus(tmp_path):
 def test_bad_rows_are_quarantined_with_exact_counts(ray_session, messy_corpus, tiny_encoder_dir, tmp_path):
     result = run_embed(small_config(messy_corpus, tmp_path / "out", tiny_encoder_dir, skip_bad_files=True))
     counts = result.counts
-    assert counts["rows_read"] == 11 and counts["files_skipped"] == 1
-    assert counts["rows_embedded"] == 4  # a1, a2, b1, and a3 (its first valid copy is in b)
+    assert counts["rows_read"] == 12 and counts["files_skipped"] == 1
+    assert counts["rows_embedded"] == 5  # a1, a2, b1, b2 and a3 (its first valid copy is in b)
+    assert counts["rows_truncated"] == 1  # b2: embedded from its first max_length tokens, and counted
     assert counts["quarantine_by_reason"] == {
         "null_text": 1, "empty_text": 1, "null_id": 1, "duplicate_id": 2, "non_string_text": 2,
     }
     assert counts["rows_read"] == counts["rows_embedded"] + counts["rows_quarantined"]
     vectors = pq.read_table(result.version_dir / "vectors")
     by_id = dict(zip(vectors.column("id").to_pylist(), vectors.column("text").to_pylist()))
+    assert by_id.pop("b2") == "huge " * 50_000  # the stored text is whole; only the model saw a prefix
     assert by_id == {"a1": "alpha text", "a2": "bravo text", "b1": "charlie text", "a3": "a3 has text here"}
     quarantine = pq.read_table(result.version_dir / "quarantine.parquet")
     dups = quarantine.filter(pc.equal(quarantine.column("reason"), "duplicate_id")).to_pylist()
