@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--index-memory", help="index memory budget, e.g. 4GiB")
     p.add_argument("--num-actors", type=int, help="embed actors (default: one per GPU, else 1)")
     p.add_argument("--cpu-threads", type=int, help="torch threads per CPU actor")
+    p.add_argument("--actor-cpus", type=float, help="CPUs Ray reserves per embed actor (default 1)")
     p.add_argument("--batch-size", type=int, help="rows per embed batch (sorted by length inside)")
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     p.add_argument("--device")

@@ -78,3 +78,23 @@ def test_crash_before_publish_keeps_the_old_version_published(first_run, monkeyp
     monkeypatch.delenv("L2V_FAULT")
     layout.prune(cfg.keep_versions)
     assert published in layout.versions()
+
+
+def test_one_large_file_is_spread_over_every_actor(ray_session, tiny_encoder_dir, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", n=64, files=1)
+    cfg = small_config(corpus, tmp_path / "out", tiny_encoder_dir, num_actors=2, actor_cpus=0.5,
+                       batch_size=8)
+    result = run_embed(cfg)
+    assert result.counts["rows_embedded"] == 64
+    per_actor = result.manifest["throughput"]["rows_per_actor"]
+    assert len(per_actor) == 2 and min(per_actor) > 0 and sum(per_actor) == 64
+    # blocks are cut to the batch size, but the vectors files hold several batches each
+    assert len(list((result.version_dir / "vectors").glob("*.parquet"))) < 64 // 8
+
+
+def test_more_actors_than_the_cluster_can_hold_is_refused_up_front(ray_session, tiny_encoder_dir, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", n=8, files=1)
+    cfg = small_config(corpus, tmp_path / "out", tiny_encoder_dir, num_actors=2)  # 2 x 1 CPU on a 2-CPU Ray
+    with pytest.raises(RuntimeError, match="lower --num-actors or --actor-cpus"):
+        run_embed(cfg)
+    assert OutputLayout(cfg.output).current() is None

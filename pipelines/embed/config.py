@@ -54,6 +54,9 @@ class EmbedConfig(BaseModel):
     recall_target: float = Field(0.95, gt=0, le=1, description="nprobe / efSearch grow until recall@10 reaches this.")
     num_actors: int | None = Field(None, ge=1, description="Embed actors; default one per GPU, else 1 CPU actor.")
     cpu_threads: int | None = Field(None, ge=1, description="Torch threads per CPU embed actor; default: the node's cores / actors.")
+    actor_cpus: float = Field(
+        1.0, gt=0, description="CPUs Ray reserves per embed actor (at least one CPU must stay free for reading and tokenizing).",
+    )
     device: str | None = Field(None, description="Embed actors' device; default cuda when GPUs exist, else cpu.")
     dtype: str | None = Field(None, description="Embed actors' dtype; default bf16 on CUDA, float32 on CPU.")
     batch_size: int = Field(512, ge=1, description="Rows per embed batch; rows are sorted by length inside each batch.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 # parameter for these two yet.
 ACTOR_MAX_RESTARTS = 4
 ACTOR_MAX_TASK_RETRIES = 4
+WRITE_BATCHES_PER_FILE = 8  # vectors files hold about this many embed batches
 
 
 class BadFileError(RuntimeError):
@@ -51,6 +53,14 @@ def placement(cfg: EmbedConfig) -> dict:
     if on_gpu and not gpus:
         raise RuntimeError(f"--device {device} but the Ray cluster has no GPU; drop --device or add GPU nodes")
     actors = cfg.num_actors or (gpus if on_gpu else 1)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors * cfg.actor_cpus + 1 > cpus:
+        # Actors hold their CPUs for the whole run: with none left, the read, tokenize and write
+        # tasks never get scheduled and the run waits forever.
+        raise RuntimeError(
+            f"{actors} embed actor(s) x {cfg.actor_cpus:g} CPU leave less than one of the cluster's {cpus:g} CPUs "
+            f"for reading, tokenizing and writing; lower --num-actors or --actor-cpus, or add CPUs"
+        )
     return {"device": device, "num_gpus": 1 if on_gpu else 0, "actors": actors}
 
 
@@ -124,15 +134,31 @@ def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict,
     columns = Columns(cfg.id_column, cfg.text_column, cfg.title_column)
     instruction = effective_instruction(cfg, encoder)
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    # Read and tokenize fuse into one CPU task stage; their num_cpus differs from the actors' so
-    # that Ray Data does not fuse them into the embed actors (tokenizing would then stall the GPU).
+    # Read and tokenize fuse into one CPU task stage; the repartition below keeps them out of the
+    # embed actors (fused in, tokenizing would stall the GPU).
     ds = ds.map_batches(read_planned_rows, batch_size=1, batch_format="pyarrow", num_cpus=cfg.tokenize_cpus,
                         fn_kwargs={"columns": columns, "store_text": cfg.store_text})
     ds = ds.map_batches(tokenize_rows, batch_size=cfg.tokenize_batch_size, batch_format="pyarrow",
                         num_cpus=cfg.tokenize_cpus,
                         fn_kwargs={"model_path": encoder["tokenizer_path"], "max_length": encoder["max_length"],
                                    "instruction": instruction})
-    ds = ds.map_batches(
+    # One file is one read unit, so a large file would reach a single embed actor as one big
+    # block: cutting blocks to the embed batch size (a streaming split, no shuffle) spreads every
+    # file's rows over all actors.
+    ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
+    # the deprecation warning for the restart limits (see ACTOR_MAX_RESTARTS) would only confuse users
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = _embed_on_actors(ds, cfg, encoder, where, stats_dir)
+    # Small blocks would make as many small files; a few batches per file keeps both the file count
+    # and the work an interrupted run loses (salvage reuses written files) small.
+    ds.write_parquet(str(vectors_dir), min_rows_per_file=cfg.batch_size * WRITE_BATCHES_PER_FILE)
+    return time.perf_counter() - start
+
+
+def _embed_on_actors(ds: ray.data.Dataset, cfg: EmbedConfig, encoder: dict, where: dict,
+                     stats_dir: Path) -> ray.data.Dataset:
+    return ds.map_batches(
         EmbedActor,
         fn_constructor_kwargs={
             "model": cfg.model, "identity": encoder["identity"], "max_length": cfg.max_length,
@@ -145,12 +171,10 @@ def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=where["actors"]),
         num_gpus=where["num_gpus"],
-        num_cpus=1,
+        num_cpus=cfg.actor_cpus,
         max_restarts=ACTOR_MAX_RESTARTS,
         max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
-    ds.write_parquet(str(vectors_dir))
-    return time.perf_counter() - start
 
 
 def effective_instruction(cfg: EmbedConfig, encoder: dict) -> str | None:

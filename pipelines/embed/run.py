@@ -101,7 +101,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
             "tokens_per_s": round(tokens / embed_seconds, 1) if embed_seconds else None,
             "actor_busy_tokens_per_s": round(stats["tokens"] / stats["busy_s"], 1) if stats["busy_s"] else None,
             "padding_share": round(stats["padding_share"], 4),
-            "actors": where["actors"], "device": where["device"],
+            "actors": where["actors"], "device": where["device"], "rows_per_actor": sorted(stats["rows_per_actor"]),
             "actor_starts": stats["actors"],  # above `actors`: Ray restarted embed actors and retried their batches
         }
         if stats["actors"] > where["actors"]:

@@ -159,14 +159,16 @@ class EmbedActor:
 
 def read_actor_stats(stats_dir: Path) -> dict:
     """Sum of every embed actor's counters (rows, tokens, padded tokens, busy seconds). `actors`
-    counts actor processes started: more than the pool size means Ray restarted some. Rows of a
+    counts actor processes started: more than the pool size means Ray restarted some;
+    `rows_per_actor` shows how evenly the work spread. Rows of a
     batch that Ray retried after a restart are counted twice here (the vectors hold them once)."""
-    total = {"rows": 0, "tokens": 0, "padded_tokens": 0.0, "busy_s": 0.0, "actors": 0}
+    total = {"rows": 0, "tokens": 0, "padded_tokens": 0.0, "busy_s": 0.0, "actors": 0, "rows_per_actor": []}
     for path in sorted(Path(stats_dir).glob("actor-*.json")):
         stats = json.loads(path.read_text())
         for key in ("rows", "tokens", "padded_tokens", "busy_s"):
             total[key] += stats[key]
         total["actors"] += 1
+        total["rows_per_actor"].append(stats["rows"])
         total["device"], total["dtype"], total["threads"] = stats["device"], stats["dtype"], stats["threads"]
     total["padding_share"] = 1.0 - total["tokens"] / total["padded_tokens"] if total["padded_tokens"] else 0.0
     return total

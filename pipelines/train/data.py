@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
@@ -36,7 +37,13 @@ def read_corpus(path: str, text_column: str = "text") -> ray.data.Dataset:
             ds = ds.rename_columns({text_column: "text"})
     else:
         ds = ray.data.read_text(path)
-    return ds.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    return ds.map_batches(_drop_blank, batch_format="pyarrow")
+
+
+def _drop_blank(batch: pa.Table) -> pa.Table:
+    """Rows whose text is null, empty or only whitespace carry nothing to learn from."""
+    stripped = pc.utf8_trim_whitespace(batch.column("text"))
+    return batch.filter(pc.fill_null(pc.greater(pc.utf8_length(stripped), 0), False))
 
 
 @functools.lru_cache(maxsize=4)
