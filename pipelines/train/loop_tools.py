@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import ray.train
+import ray.train.torch
 import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
@@ -35,6 +36,15 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of this worker's shard consumed in `epoch`
+
+
+def start_worker(stage: str, config: dict) -> tuple[int, int, torch.device, int, "StepLog"]:
+    """What every stage's loop starts with: (rank, world size, device, nodes spanned, step log),
+    with this worker's CPU threads set."""
+    rank, world = rank_and_world()
+    set_cpu_threads(config)
+    device = ray.train.torch.get_device()
+    return rank, world, device, count_nodes(), StepLog(stage, rank, config.get("log_path"))
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import ray.train
-import ray.train.torch
 import torch
 
 from l2v_core import enable_bidirectional, load_model
@@ -22,17 +21,13 @@ from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
 from .config import MNTPSettings
 from .distributed import mean_over_ranks, prepare_for_training
-from .loop_tools import (StepLog, autocast, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
-                         load_checkpoint, rank_and_world, report, seed_everything, set_cpu_threads)
+from .loop_tools import (autocast, batches, clip_and_step, load_checkpoint, make_optimizer, merge_earlier_adapters,
+                         report, seed_everything, start_worker)
 
 
 def mntp_loop(config: dict) -> None:
     stage = MNTPSettings.model_validate(config["stage"])
-    rank, world = rank_and_world()
-    device = ray.train.torch.get_device()
-    set_cpu_threads(config)
-    nodes = count_nodes()
-    log = StepLog("mntp", rank, config.get("log_path"))
+    rank, world, device, nodes, log = start_worker("mntp", config)
 
     # Same seed on every rank for the LoRA init (DDP also broadcasts rank 0's weights).
     seed_everything(stage.seed)

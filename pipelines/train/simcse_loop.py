@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import ray.train
-import ray.train.torch
 import torch
 
 from l2v_core import enable_bidirectional, load_model
@@ -25,8 +24,8 @@ from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
 from .distributed import all_gather_with_grad, prepare_for_training
-from .loop_tools import (StepLog, autocast, batches, clip_and_step, count_nodes, make_optimizer, merge_earlier_adapters,
-                         load_checkpoint, rank_and_world, report, seed_everything, set_cpu_threads)
+from .loop_tools import (autocast, batches, clip_and_step, load_checkpoint, make_optimizer, merge_earlier_adapters,
+                         report, seed_everything, start_worker)
 
 
 def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,11 +41,7 @@ def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.
 
 def simcse_loop(config: dict) -> None:
     stage = SimCSESettings.model_validate(config["stage"])
-    rank, world = rank_and_world()
-    device = ray.train.torch.get_device()
-    set_cpu_threads(config)
-    nodes = count_nodes()
-    log = StepLog("simcse", rank, config.get("log_path"))
+    rank, world, device, nodes, log = start_worker("simcse", config)
 
     seed_everything(stage.seed)  # same LoRA init on every rank
     body, tokenizer = load_model(config["model_path"], with_lm_head=False, device=device, dtype=stage.dtype)
