@@ -11,9 +11,10 @@ On a cluster (Ray 2.60 turns token auth on for `ray start`; see docs/embed.md):
 
 Nightly, reusing unchanged documents' vectors: add --incremental (docs/embed.md).
 
-Exit codes: 0 published (or, with --incremental, nothing changed); 2 bad arguments or input
-(missing column, unreadable file, unknown setting); 3 another run holds the output's lock; 1
-anything else (see deploy/README.md). Settings can come from a YAML file of EmbedConfig fields
+Exit codes: 0 published (or, with --incremental, nothing changed); 2 bad arguments, settings or
+input (missing column, unreadable file, unknown setting, more actors than the cluster holds, an
+index that cannot fit --index-memory); 3 another run holds the output's lock; 1 anything else
+(see deploy/README.md). Settings can come from a YAML file of EmbedConfig fields
 (`--config`); flags given on the command line win.
 """
 
@@ -52,10 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     p.add_argument("--device")
     p.add_argument("--dtype")
-    p.add_argument("--skip-bad-files", action="store_true", default=None, help="quarantine unreadable files by name")
+    p.add_argument("--skip-bad-files", action="store_true", default=None, help="skip unreadable files (listed in the manifest's input.bad_files) instead of failing")
     p.add_argument("--no-store-text", dest="store_text", action="store_false", default=None,
                    help="do not keep texts in the vectors parquet (search then shows ids only)")
-    p.add_argument("--keep-versions", type=int)
+    p.add_argument("--keep-versions", type=int, help="keep the newest N complete versions plus the published one (default 3)")
+    p.add_argument("--recall-queries", type=int, help="sampled vectors for the index's recall@10 (default 200)")
     p.add_argument("--incremental", action="store_true", default=None,
                    help="reuse the published version's vectors for unchanged documents; drop deleted ids")
     p.add_argument("--json", action="store_true", help="print the manifest's counts as JSON at the end")

@@ -6,6 +6,10 @@
 The encoder named in the version's manifest is loaded (pass --model to point at a moved copy of
 the same weights). Queries get the encoder's 'query' instruction unless --instruction is given
 (--instruction "" for none).
+
+On a cluster (the index folder on shared storage):
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python jobs/search.py --index /shared/index --query "..." --json
 """
 
 from __future__ import annotations
@@ -29,12 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="encoder folder, when it moved since the index was built")
     p.add_argument("--json", action="store_true", help="one JSON object per query")
     args = p.parse_args(argv)
-    encoder = None
-    if args.model:
-        from l2v_core import Encoder
-
-        encoder = Encoder.from_pretrained(args.model)
-    index = CorpusIndex.open(args.index, encoder=encoder)
+    index = CorpusIndex.open(args.index, model=args.model)
     for query, hits in zip(args.query, index.search(args.query, args.k, args.instruction)):
         if args.json:
             print(json.dumps({"query": query, "version": index.version, "hits": [h.to_dict() for h in hits]}))

@@ -53,9 +53,11 @@ class CorpusIndex:
         self.has_text = "text" in manifest["vectors"]["columns"]
 
     @classmethod
-    def open(cls, output: str | Path, *, version: str | None = None, encoder=None, device: str | None = None) -> "CorpusIndex":
+    def open(cls, output: str | Path, *, version: str | None = None, encoder=None, model: str | None = None,
+             device: str | None = None) -> "CorpusIndex":
         """Load the published version of `output` (or `version`) and the encoder it names.
-        Pass `encoder` to reuse one already loaded (it must have the same identity)."""
+        Pass `encoder` to reuse one already loaded, or `model` for a moved copy of the same
+        weights (loaded with the manifest's settings); either must have the same identity."""
         layout = OutputLayout(output)
         version_dir = layout.version_dir(version) if version else layout.current_dir()
         manifest = json.loads((version_dir / "manifest.json").read_text())
@@ -63,7 +65,7 @@ class CorpusIndex:
         index = faiss.read_index(str(inside(version_dir, manifest["index"]["file"])))
         apply_search_params(index, info.get("search_params", {}))
         id_map = pq.read_table(inside(version_dir, manifest["index"]["id_map"])).sort_by("faiss_id")
-        encoder = encoder or _load_encoder(manifest, device)
+        encoder = encoder or _load_encoder(manifest, device, model)
         _check_identity(encoder, manifest)
         return cls(version_dir, manifest, index, id_map, encoder)
 
@@ -122,16 +124,16 @@ def search(output: str | Path, query: str, k: int = 10, instruction: str | None 
     return CorpusIndex.open(output, encoder=encoder).search(query, k, instruction)[0]
 
 
-def _load_encoder(manifest: dict, device: str | None):
+def _load_encoder(manifest: dict, device: str | None, model: str | None = None):
     from l2v_core import Encoder
 
     source = manifest["encoder"]["source"]
     settings = manifest["encoder"]["settings"]
-    model = None if source == "default" else source
+    model = model or (None if source == "default" else source)
     if model is not None and Path(model).is_absolute() and not Path(model).exists():
         raise FileNotFoundError(
-            f"the encoder this index was built with ({model}) is gone; pass encoder=Encoder.from_pretrained(...) "
-            f"with the same weights (jobs/search.py --model PATH)"
+            f"the encoder {model} is gone; pass model=PATH of a copy of the same weights "
+            f"(jobs/search.py --model PATH)"
         )
     return Encoder.from_pretrained(model, device=device, max_length=settings["max_length"],
                                    pooling=settings["pooling"], bidirectional=settings["bidirectional"])

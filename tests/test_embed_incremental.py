@@ -47,6 +47,8 @@ def test_same_input_twice_embeds_nothing(base):
     again = run_embed(cfg)
     assert again.published is False
     assert OutputLayout(cfg.output).current() == again.version
+    c = again.counts  # this run's, not the published version's
+    assert c["rows_embedded"] == 0 and c["rows_read"] == c["rows_reused"] + c["rows_quarantined"] > 0
 
 
 def test_add_change_delete_embeds_only_what_changed(base):

@@ -4,9 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from pipelines.embed import layout as layout_module
 from pipelines.embed.layout import LockedError, OutputLayout, inside
 
 
@@ -68,3 +70,26 @@ def test_lock_refuses_a_live_holder_and_recovers_a_stale_one(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0}))
     with layout.lock():
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_a_lock_from_another_host_is_stale_only_once_its_heartbeat_stops(tmp_path):
+    layout = OutputLayout(tmp_path)
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": 1, "host": "another-head-pod", "started": 0}))
+    with pytest.raises(LockedError, match="another-head-pod"):  # touched just now: alive
+        with layout.lock():
+            pass
+    silent_for = layout_module.FOREIGN_STALE_S + 60
+    os.utime(lock, (time.time() - silent_for, time.time() - silent_for))
+    with layout.lock():  # its heartbeat stopped long ago: taken over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_the_holder_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(layout_module, "HEARTBEAT_S", 0.05)
+    layout = OutputLayout(tmp_path)
+    lock = tmp_path / ".lock"
+    with layout.lock():
+        os.utime(lock, (0, 0))
+        time.sleep(0.5)
+        assert time.time() - lock.stat().st_mtime < 5

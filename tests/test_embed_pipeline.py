@@ -95,6 +95,6 @@ def test_one_large_file_is_spread_over_every_actor(ray_session, tiny_encoder_dir
 def test_more_actors_than_the_cluster_can_hold_is_refused_up_front(ray_session, tiny_encoder_dir, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n=8, files=1)
     cfg = small_config(corpus, tmp_path / "out", tiny_encoder_dir, num_actors=2)  # 2 x 1 CPU on a 2-CPU Ray
-    with pytest.raises(RuntimeError, match="lower --num-actors or --actor-cpus"):
+    with pytest.raises(ValueError, match="lower --num-actors or --actor-cpus"):
         run_embed(cfg)
     assert OutputLayout(cfg.output).current() is None

@@ -53,3 +53,17 @@ def test_search_cli_json(published, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["hits"][0]["id"] for line in lines] == ["s2", "s9"]
     assert set(lines[0]["hits"][0]) == {"rank", "id", "score", "text"}
+
+
+def test_search_cli_with_a_moved_encoder_keeps_the_index_settings(ray_session, tiny_encoder_dir, tmp_path, capsys):
+    import shutil
+
+    corpus = write_corpus(tmp_path / "corpus", n=10, files=1, prefix="m")
+    run_embed(small_config(corpus, tmp_path / "out", tiny_encoder_dir, max_length=24))  # not the encoder's own
+    moved = shutil.copytree(tiny_encoder_dir, tmp_path / "moved-encoder")
+    spec = importlib.util.spec_from_file_location("search_job", REPO / "jobs" / "search.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--index", str(tmp_path / "out"), "--query", clean_texts(10)[4], "--k", "1", "--json",
+                     "--model", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["hits"][0]["id"] == "m4"

@@ -55,6 +55,10 @@ def test_read_corpus_parquet_with_a_named_column_and_text_files(ray_session, tmp
     pq.write_table(pa.table({"id": [1, 2, 3], "body": [SENTENCES[0], "   ", SENTENCES[1]]}), tmp_path / "c.parquet")
     rows = read_corpus(str(tmp_path / "c.parquet"), text_column="body").take_all()
     assert [r["text"] for r in rows] == [SENTENCES[0], SENTENCES[1]]  # blank rows dropped
+    # a folder given as a URI (s3://... in production) is recognised as parquet too
+    (tmp_path / "p").mkdir()
+    pq.write_table(pa.table({"text": [SENTENCES[2]]}), tmp_path / "p" / "part-0.parquet")
+    assert [r["text"] for r in read_corpus((tmp_path / "p").as_uri()).take_all()] == [SENTENCES[2]]
 
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "a.txt").write_text("\n".join(SENTENCES * 3) + "\n\n")

@@ -22,6 +22,11 @@ set -euo pipefail
 : "${INDEX_ROOT:?set INDEX_ROOT to the shared index folder}"
 : "${ENCODER:?set ENCODER to the exported encoder folder}"
 night="${SUBMISSION_ID:-l2v-reindex-$(date -u +%Y-%m-%d)}"
+if ! command -v ray > /dev/null; then
+  # cron's PATH is /usr/bin:/bin: put the venv's bin first in the crontab (see deploy/README.md)
+  echo "error: no \`ray\` command on PATH ($PATH); install ray[default] and set PATH in the crontab" >&2
+  exit 1
+fi
 python="${PYTHON:-$(dirname "$(command -v ray)")/python}"
 
 # Not under `set -e`: a failed job or a refused duplicate id is reported below, with its real code.

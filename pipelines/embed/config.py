@@ -53,7 +53,7 @@ class EmbedConfig(BaseModel):
     recall_queries: int = Field(200, ge=1, description="Sampled corpus vectors used to measure recall@10.")
     recall_target: float = Field(0.95, gt=0, le=1, description="nprobe / efSearch grow until recall@10 reaches this.")
     num_actors: int | None = Field(None, ge=1, description="Embed actors; default one per GPU, else 1 CPU actor.")
-    cpu_threads: int | None = Field(None, ge=1, description="Torch threads per CPU embed actor; default: the node's cores / actors.")
+    cpu_threads: int | None = Field(None, ge=1, description="Torch threads per CPU embed actor; default: its node's cores / actors.")
     actor_cpus: float = Field(
         1.0, gt=0, description="CPUs Ray reserves per embed actor (at least one CPU must stay free for reading and tokenizing).",
     )
@@ -68,8 +68,12 @@ class EmbedConfig(BaseModel):
     tokenize_cpus: float = Field(
         0.5, gt=0, description="CPUs reserved per read+tokenize task (not 1: keeps the stage apart from the embed actors).",
     )
-    skip_bad_files: bool = Field(False, description="Quarantine unreadable parquet files by name instead of failing.")
-    keep_versions: int = Field(3, ge=1, description="Published versions kept; older ones are pruned.")
+    skip_bad_files: bool = Field(
+        False, description="Skip unreadable parquet files instead of failing (listed in the manifest's input.bad_files).",
+    )
+    keep_versions: int = Field(
+        3, ge=1, description="The newest N complete versions are kept, plus the published one; older ones are pruned.",
+    )
     incremental: bool = Field(
         False, description="Reuse the published version's vectors for unchanged (id, content_hash); drop deleted ids.",
     )

@@ -2,7 +2,7 @@
 
     OUTPUT/
       CURRENT                      one line: the published version's name
-      .lock                        held while a run writes (pid, host, start time)
+      .lock                        held while a run writes (pid, host, start time; touched every 30 s)
       versions/<name>/             one folder per run
         run.json                   written first: what the vectors are made with (see incremental.py)
         vectors/*.parquet          id, embedding fixed_size_list<float32>[d], content_hash, n_tokens, truncated[, text]
@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ CURRENT = "CURRENT"
 VERSIONS = "versions"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+HEARTBEAT_S = 30  # a running job touches its lock this often
+FOREIGN_STALE_S = 600  # a lock from another host whose heartbeat stopped this long ago is stale
 VERSION_NAME = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 
 
@@ -145,10 +148,23 @@ class OutputLayout:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
         token = acquire_lock(path)
+        stop = threading.Event()
+        threading.Thread(target=_heartbeat, args=(path, stop), daemon=True, name="l2v-lock-heartbeat").start()
         try:
             yield
         finally:
+            stop.set()
             release_lock(path, token)
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    """Touch the lock while the run lives: a holder on another host (a new head pod every night
+    under KubeRay) can only be judged by this, since its pid cannot be checked from here."""
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except OSError:
+            pass
 
 
 def acquire_lock(path: Path) -> str:
@@ -161,11 +177,12 @@ def acquire_lock(path: Path) -> str:
             holder = _read_lock(path)
             if holder is None and _age_s(path) < 10:
                 holder = {"pid": "?", "host": "?", "started": time.time()}  # being written right now
-            if holder is not None and not _is_stale(holder):
+            if holder is not None and not _is_stale(holder, _age_s(path)):
                 raise LockedError(
                     f"{path.parent} is being written by pid {holder.get('pid')} on {holder.get('host')} since "
                     f"{datetime.fromtimestamp(holder.get('started', 0), timezone.utc):%Y-%m-%d %H:%M:%S} UTC; "
-                    f"wait for it to finish (if that process is gone from another host, delete {path})"
+                    f"wait for it to finish (a lock from another host counts as stale once its heartbeat "
+                    f"has stopped for {FOREIGN_STALE_S // 60} minutes; to take it over sooner, delete {path})"
                 ) from None
             logger.warning("removing a stale lock %s left by %s", path, holder)
             path.unlink(missing_ok=True)
@@ -196,9 +213,9 @@ def _age_s(path: Path) -> float:
         return float("inf")
 
 
-def _is_stale(holder: dict) -> bool:
+def _is_stale(holder: dict, age_s: float) -> bool:
     if holder.get("host") != socket.gethostname():
-        return False  # cannot check a process on another host
+        return age_s > FOREIGN_STALE_S  # its pid cannot be checked from here: its heartbeat stopped
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:

@@ -51,13 +51,13 @@ def placement(cfg: EmbedConfig) -> dict:
     device = cfg.device or ("cuda" if gpus else "cpu")
     on_gpu = device.startswith("cuda")
     if on_gpu and not gpus:
-        raise RuntimeError(f"--device {device} but the Ray cluster has no GPU; drop --device or add GPU nodes")
+        raise ValueError(f"--device {device} but the Ray cluster has no GPU; drop --device or add GPU nodes")
     actors = cfg.num_actors or (gpus if on_gpu else 1)
     cpus = ray.cluster_resources().get("CPU", 0)
     if actors * cfg.actor_cpus + 1 > cpus:
         # Actors hold their CPUs for the whole run: with none left, the read, tokenize and write
         # tasks never get scheduled and the run waits forever.
-        raise RuntimeError(
+        raise ValueError(
             f"{actors} embed actor(s) x {cfg.actor_cpus:g} CPU leave less than one of the cluster's {cpus:g} CPUs "
             f"for reading, tokenizing and writing; lower --num-actors or --actor-cpus, or add CPUs"
         )
@@ -111,7 +111,7 @@ def scan_files(files: list[str], columns: Columns, skip_bad_files: bool) -> tupl
         raise BadFileError(
             f"cannot read {bad[0]['path']}: {bad[0]['error']}"
             + (f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else "")
-            + ". Fix or remove it, or pass --skip-bad-files to quarantine unreadable files by name."
+            + ". Fix or remove it, or pass --skip-bad-files to skip unreadable files (they are listed in the manifest)."
         )
     for item in bad:
         logger.warning("skipping unreadable file %s: %s", item["path"], item["error"])
@@ -164,7 +164,7 @@ def _embed_on_actors(ds: ray.data.Dataset, cfg: EmbedConfig, encoder: dict, wher
             "model": cfg.model, "identity": encoder["identity"], "max_length": cfg.max_length,
             "device": where["device"], "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
             "store_text": cfg.store_text, "stats_dir": str(stats_dir), "max_padding": cfg.max_padding,
-            "cpu_threads": cfg.cpu_threads or max(1, (os.cpu_count() or 1) // where["actors"]),
+            "cpu_threads": cfg.cpu_threads, "actors": where["actors"],
             "fault": faults.for_actor(),
         },
         batch_size=cfg.batch_size,

@@ -42,10 +42,11 @@ class EmbedResult:
     version_dir: Path
     manifest: dict
     published: bool = True  # False: an incremental run found no changes and published nothing
+    run_counts: dict | None = None  # this run's counts when it published nothing (else the manifest's)
 
     @property
     def counts(self) -> dict:
-        return self.manifest["counts"]
+        return self.run_counts if self.run_counts is not None else self.manifest["counts"]
 
 
 def run_embed(cfg: EmbedConfig) -> EmbedResult:
@@ -77,7 +78,9 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         if cfg.incremental and previous and not has_changes(plan, reuse, layout.read_manifest(previous)):
             print(f"no changes since the published version {previous}: nothing embedded, nothing published")
             layout.prune(cfg.keep_versions)  # leftovers of interrupted runs: nothing in them is needed
-            return EmbedResult(previous, layout.version_dir(previous), layout.read_manifest(previous), published=False)
+            manifest = layout.read_manifest(previous)
+            return EmbedResult(previous, layout.version_dir(previous), manifest, published=False,
+                               run_counts=_unchanged_counts(plan, reuse, manifest["counts"]))
 
         version, version_dir = layout.new_version()
         write_run_record(version_dir, identity, cfg.store_text)  # before any vector: makes them salvageable
@@ -157,6 +160,16 @@ def _check_first_file(uri: str, columns: Columns) -> None:
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the scan, with --skip-bad-files honoured
         return
     check_columns(uri, schema, columns)
+
+
+def _unchanged_counts(plan, reuse, published: dict) -> dict:
+    """What a run that found nothing to do reports: everything reused, nothing embedded."""
+    return {
+        "rows_read": plan.rows_read, "rows_embedded": 0, "rows_reused": reuse.rows, "rows_salvaged": 0,
+        "rows_deleted": 0, "rows_quarantined": plan.quarantine.num_rows,
+        "quarantine_by_reason": plan.quarantine_by_reason(), "rows_truncated": published["rows_truncated"],
+        "files_read": len(plan.files), "files_skipped": len(plan.bad_files),
+    }
 
 
 def _counts(plan, index_info: dict, reuse) -> dict:

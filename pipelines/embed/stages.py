@@ -94,14 +94,15 @@ class EmbedActor:
 
     def __init__(self, *, model: str | None, identity: dict, max_length: int | None, device: str | None,
                  dtype: str | None, batch_tokens: int, store_text: bool, cpu_threads: int | None, stats_dir: str,
-                 max_padding: float = 0.1, fault: str | None = None):
+                 max_padding: float = 0.1, fault: str | None = None, actors: int = 1):
         import torch
 
         from l2v_core import Encoder, pick_device_and_dtype
 
         device, dtype = pick_device_and_dtype(device, dtype)
-        if device.type == "cpu" and cpu_threads:
-            torch.set_num_threads(cpu_threads)
+        if device.type == "cpu":
+            # counted here, on the actor's node: the driver's may have far fewer cores
+            torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 1) // actors))
         kwargs = {"max_length": max_length} if max_length else {}
         self.encoder = Encoder.from_pretrained(model, device=device, dtype=dtype, **kwargs)
         if self.encoder.identity() != identity:

@@ -30,14 +30,29 @@ def read_corpus(path: str, text_column: str = "text") -> ray.data.Dataset:
         raise FileNotFoundError(f"corpus folder {path} is empty")
     if not local.exists() and "://" not in path:
         raise FileNotFoundError(f"corpus {path} does not exist (pass a parquet file/folder or text files)")
-    is_parquet = path.endswith(".parquet") or (local.is_dir() and any(local.rglob("*.parquet")))
-    if is_parquet:
+    if _is_parquet(path):
         ds = ray.data.read_parquet(path, columns=[text_column])
         if text_column != "text":
             ds = ds.rename_columns({text_column: "text"})
     else:
         ds = ray.data.read_text(path)
     return ds.map_batches(_drop_blank, batch_format="pyarrow")
+
+
+def _is_parquet(path: str) -> bool:
+    """A .parquet file, or a folder (local or remote, e.g. s3://bucket/corpus/) holding any."""
+    if path.endswith(".parquet"):
+        return True
+    if "://" not in path:
+        local = Path(path)
+        return local.is_dir() and any(local.rglob("*.parquet"))
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return False
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return any(info.path.endswith(".parquet") for info in found)
 
 
 def _drop_blank(batch: pa.Table) -> pa.Table:
