@@ -3,7 +3,7 @@
 
     python jobs/demo.py                        # ~200 docs, the whole chain (several minutes on 2 cores)
     python jobs/demo.py --skip-adapt           # embed with the default model as it is (~1 minute)
-    python jobs/demo.py --model out/encoder    # embed with an encoder you adapted before
+    python jobs/demo.py --model out/adapt/encoder    # embed with an encoder you adapted before
     python jobs/demo.py --max-docs 1000 --max-length 256
 
 Each step is one function below, called in order by `main`.

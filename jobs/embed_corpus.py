@@ -2,7 +2,7 @@
 
 On this machine (starts a local Ray):
 
-    python jobs/embed_corpus.py --input data/corpus/ --output out/index --model out/encoder
+    python jobs/embed_corpus.py --input data/corpus/ --output out/index --model out/adapt/encoder
 
 On a cluster (Ray 2.60 turns token auth on for `ray start`; see docs/embed.md):
 
