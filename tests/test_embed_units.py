@@ -60,6 +60,20 @@ def test_scan_non_string_text_missing_column_and_corrupt_file(tmp_path):
     assert "error" in scan_file(str(corrupt), COLS)
 
 
+def test_id_types_whole_floats_become_integers_anything_else_is_refused(tmp_path):
+    # pandas writes an int64 id column holding a null as float64
+    floats = _write(tmp_path / "f.parquet", id=pa.array([2.0**52, None, 7.0]), text=["a", "b", "c"])
+    scan = scan_file(floats, COLS)
+    assert scan["good"].column("id").to_pylist() == [str(2**52), "7"]
+    assert scan["bad"].column("reason").to_pylist() == ["null_id"]
+    rounded = _write(tmp_path / "r.parquet", id=pa.array([float(2**60), 1.0]), text=["a", "b"])
+    assert "not whole numbers up to 2^53" in scan_file(rounded, COLS)["bad_id_type"]
+    fractional = _write(tmp_path / "x.parquet", id=pa.array([1.5]), text=["a"])
+    assert "1.5" in scan_file(fractional, COLS)["bad_id_type"]
+    lists = _write(tmp_path / "l.parquet", id=pa.array([[1], [2]]), text=["a", "b"])
+    assert "use string or integer ids" in scan_file(lists, COLS)["bad_id_type"]
+
+
 def test_plan_keeps_first_valid_copy_of_a_duplicate(tmp_path):
     a = _write(tmp_path / "a.parquet", id=["x", "y", "x"], text=["   ", "why", "second x"])
     b = _write(tmp_path / "b.parquet", id=["x", "y"], text=["third x", "why"])

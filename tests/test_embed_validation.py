@@ -7,6 +7,7 @@ import pytest
 from embed_helpers import small_config
 
 from pipelines.embed import BadFileError, MissingColumnsError, OutputLayout, run_embed
+from pipelines.embed.scan import IdTypeError
 
 
 @pytest.fixture
@@ -60,3 +61,11 @@ def test_corrupt_file_fails_naming_it(ray_session, messy_corpus, tiny_encoder_di
     with pytest.raises(BadFileError, match=r"d\.parquet.*--skip-bad-files"):
         run_embed(small_config(messy_corpus, tmp_path / "out", tiny_encoder_dir))
     assert OutputLayout(tmp_path / "out").versions() == []
+
+
+def test_unusable_id_type_stops_the_run_even_with_skip_bad_files(ray_session, tiny_encoder_dir, tmp_path):
+    (tmp_path / "c").mkdir()
+    pq.write_table(pa.table({"id": [["a"], ["b"]], "text": ["x", "y"]}), tmp_path / "c" / "lists.parquet")
+    with pytest.raises(IdTypeError, match=r"lists\.parquet: the id column has type list"):
+        run_embed(small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir, skip_bad_files=True))
+    assert OutputLayout(tmp_path / "out").current() is None

@@ -14,7 +14,7 @@ import ray
 
 from . import faults
 from .config import EmbedConfig
-from .scan import Columns, MissingColumnsError, Plan, scan_file
+from .scan import Columns, IdTypeError, MissingColumnsError, Plan, scan_file
 from .stages import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
 
 logger = logging.getLogger(__name__)
@@ -103,9 +103,11 @@ def scan_files(files: list[str], columns: Columns, skip_bad_files: bool) -> tupl
         if pending:
             logger.info("scanned %d/%d files (%.0f s)", done, len(files), time.perf_counter() - start)
     results = ray.get(refs)
-    missing = [r["missing_columns"] for r in results if "missing_columns" in r]
-    if missing:
-        raise MissingColumnsError(missing[0] + (f" ({len(missing)} files have this problem)" if len(missing) > 1 else ""))
+    # Schema problems stop the run even with --skip-bad-files: skipping would drop good data silently.
+    for key, error in (("missing_columns", MissingColumnsError), ("bad_id_type", IdTypeError)):
+        found = [r[key] for r in results if key in r]
+        if found:
+            raise error(found[0] + (f" ({len(found)} files have this problem)" if len(found) > 1 else ""))
     bad = [{"path": r["path"], "error": r["error"]} for r in results if "error" in r]
     if bad and not skip_bad_files:
         raise BadFileError(

@@ -44,6 +44,13 @@ class MissingColumnsError(ValueError):
     """The id or text column (or the title column asked for) is not in a file."""
 
 
+class IdTypeError(ValueError):
+    """The id column holds values that cannot be ids (lists, booleans, fractional numbers, ...)."""
+
+
+MAX_EXACT_FLOAT_ID = 2**53  # float64 holds every integer up to here exactly
+
+
 @dataclass(frozen=True)
 class Columns:
     id: str
@@ -75,6 +82,13 @@ def check_columns(uri: str, schema: pa.Schema, columns: Columns) -> None:
         )
 
 
+def check_id_type(uri: str, type_: pa.DataType) -> None:
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if not (_is_text(type_) or pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_null(type_)):
+        raise IdTypeError(f"{uri}: the id column has type {type_}; use string or integer ids")
+
+
 def open_parquet(uri: str) -> pq.ParquetFile:
     fs, path = filesystem_of(uri)
     return pq.ParquetFile(fs.open_input_file(path))
@@ -90,8 +104,11 @@ def scan_file(uri: str, columns: Columns) -> dict:
         return {"path": uri, "error": f"{type(err).__name__}: {err}"}
     try:
         check_columns(uri, schema, columns)
+        check_id_type(uri, schema.field(columns.id).type)
     except MissingColumnsError as err:
         return {"path": uri, "missing_columns": str(err)}
+    except IdTypeError as err:
+        return {"path": uri, "bad_id_type": str(err)}
     goods, bads, offset = [], [], 0
     try:
         for batch in parquet.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=columns.names):
@@ -99,6 +116,8 @@ def scan_file(uri: str, columns: Columns) -> dict:
             goods.append(good)
             bads.append(bad)
             offset += batch.num_rows
+    except IdTypeError as err:  # the column's type was fine, its values are not: not a reading problem
+        return {"path": uri, "bad_id_type": f"{uri}, rows from ~{offset}: {err}"}
     except Exception as err:  # noqa: BLE001
         return {"path": uri, "error": f"{type(err).__name__} at row ~{offset}: {err}"}
     return {
@@ -122,12 +141,26 @@ def normalize_ids(array) -> pa.Array:
     array = _decode(array)
     if pa.types.is_string(array.type):
         return array
-    if pa.types.is_large_string(array.type) or pa.types.is_integer(array.type) or pa.types.is_null(array.type):
+    if _is_text(array.type) or pa.types.is_integer(array.type) or pa.types.is_null(array.type):
         return pc.cast(array, pa.string())
-    try:
-        return pc.cast(array, pa.string())
-    except pa.ArrowInvalid as err:
-        raise ValueError(f"id column of type {array.type} cannot be read as text ids; use string or integer ids") from err
+    if pa.types.is_floating(array.type):
+        return _whole_number_ids(array)
+    raise IdTypeError(f"the id column has type {array.type}; use string or integer ids")
+
+
+def _whole_number_ids(array: pa.Array) -> pa.Array:
+    """pandas writes an integer id column that holds a null as float64: accepted as integers when
+    every value is a whole number float64 holds exactly, so that 12 and 12.0 are the same id.
+    Anything else would be silently rounded ("1.152921504606847e+18") and merge distinct ids."""
+    values = array.drop_null()
+    if len(values):
+        whole = pc.and_(pc.equal(pc.floor(values), values), pc.less_equal(pc.abs(values), MAX_EXACT_FLOAT_ID))
+        if not pc.all(whole).as_py():
+            raise IdTypeError(
+                f"the id column has type {array.type} with values that are not whole numbers up to 2^53 "
+                f"(e.g. {values.filter(pc.invert(whole))[0].as_py()!r}); write the ids as strings or int64"
+            )
+    return pc.cast(pc.cast(array, pa.int64()), pa.string())
 
 
 def _is_text(type_: pa.DataType) -> bool:
