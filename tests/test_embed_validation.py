@@ -69,3 +69,23 @@ def test_unusable_id_type_stops_the_run_even_with_skip_bad_files(ray_session, ti
     with pytest.raises(IdTypeError, match=r"lists\.parquet: the id column has type list"):
         run_embed(small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir, skip_bad_files=True))
     assert OutputLayout(tmp_path / "out").current() is None
+
+
+def test_a_file_rewritten_between_scan_and_read_is_never_published(ray_session, tiny_encoder_dir, tmp_path,
+                                                                   monkeypatch):
+    from pipelines.embed import faults
+
+    (tmp_path / "c").mkdir()
+    path = tmp_path / "c" / "a.parquet"
+    pq.write_table(pa.table({"id": ["d0", "d1", "d2"], "text": ["zero", "one", "two"]}), path)
+    real_point = faults.point
+
+    def rewrite_after_scan(name):
+        if name == "after_scan":  # same row count, so only the ids and texts give it away
+            pq.write_table(pa.table({"id": ["d0", "d0", "d2"], "text": ["zero", "uno", "two"]}), path)
+        real_point(name)
+
+    monkeypatch.setattr(faults, "point", rewrite_after_scan)
+    with pytest.raises(RuntimeError, match="do not match the scanned input"):
+        run_embed(small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir))
+    assert OutputLayout(tmp_path / "out").current() is None

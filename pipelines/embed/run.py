@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
@@ -87,6 +88,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         pq.write_table(plan.quarantine, version_dir / QUARANTINE_FILE)
         embed_seconds = embed_planned_rows(plan, cfg, encoder, where, version_dir / "vectors", version_dir / "_stats")
         reused_tokens = copy_reused(reuse, version_dir / "vectors")
+        _check_vectors_match_plan(plan, version_dir / "vectors")
         timings["embed"] = _lap(started, timings)
         faults.point("after_vectors")
 
@@ -160,6 +162,21 @@ def _check_first_file(uri: str, columns: Columns) -> None:
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the scan, with --skip-bad-files honoured
         return
     check_columns(uri, schema, columns)
+
+
+def _check_vectors_match_plan(plan, vectors_dir: Path) -> None:
+    """Every planned (id, content_hash) once, nothing else. The read stage reads the files again
+    after the scan: a file rewritten in between (same row count, other ids or texts) would
+    otherwise publish duplicates and lose documents."""
+    written = pq.read_table(vectors_dir, columns=["id", "content_hash"])
+    keys = pc.binary_join_element_wise(written.column("id"), written.column("content_hash"), "\x1f")
+    expected = pc.binary_join_element_wise(plan.kept.column("id"), plan.kept.column("content_hash"), "\x1f")
+    if (len(keys) != len(expected) or pc.count_distinct(keys).as_py() != len(keys)
+            or not pc.all(pc.is_in(keys, value_set=expected)).as_py()):
+        raise RuntimeError(
+            "the vectors written do not match the scanned input (an input file changed during the run?); "
+            "nothing was published: run again once the input is stable"
+        )
 
 
 def _unchanged_counts(plan, reuse, published: dict) -> dict:
