@@ -79,7 +79,7 @@ def test_a_lock_from_another_host_is_stale_only_once_its_heartbeat_stops(tmp_pat
     with pytest.raises(LockedError, match="another-head-pod"):  # touched just now: alive
         with layout.lock():
             pass
-    silent_for = layout_module.FOREIGN_STALE_S + 60
+    silent_for = layout_module.STALE_AFTER_S + 60
     os.utime(lock, (time.time() - silent_for, time.time() - silent_for))
     with layout.lock():  # its heartbeat stopped long ago: taken over
         assert json.loads(lock.read_text())["pid"] == os.getpid()
@@ -93,3 +93,30 @@ def test_the_holder_keeps_its_lock_fresh(tmp_path, monkeypatch):
         os.utime(lock, (0, 0))
         time.sleep(0.5)
         assert time.time() - lock.stat().st_mtime < 5
+
+
+def test_a_same_host_lock_with_a_reused_pid_goes_stale_by_its_heartbeat(tmp_path):
+    import socket
+
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": 0}))  # a live pid
+    with pytest.raises(LockedError):
+        with OutputLayout(tmp_path).lock():
+            pass
+    silent_for = layout_module.STALE_AFTER_S + 60
+    os.utime(lock, (time.time() - silent_for, time.time() - silent_for))
+    with OutputLayout(tmp_path).lock():
+        assert json.loads(lock.read_text())["started"] > 0
+
+
+def test_taking_over_a_stale_lock_never_removes_a_fresh_one(tmp_path):
+    path = tmp_path / ".lock"
+    stale = {"pid": 1, "host": "gone", "started": 0}
+    fresh = {"pid": 2, "host": "faster-run", "started": 1, "token": "t"}
+    path.write_text(json.dumps(fresh))  # written by a run that took over between our read and our removal
+    with pytest.raises(LockedError, match="just taken over by another run"):
+        layout_module._remove_stale(path, stale)
+    assert json.loads(path.read_text()) == fresh and list(tmp_path.iterdir()) == [path]
+    path.write_text(json.dumps(stale))
+    layout_module._remove_stale(path, stale)
+    assert not path.exists() and list(tmp_path.iterdir()) == []

@@ -37,7 +37,7 @@ VERSIONS = "versions"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 HEARTBEAT_S = 30  # a running job touches its lock this often
-FOREIGN_STALE_S = 600  # a lock from another host whose heartbeat stopped this long ago is stale
+STALE_AFTER_S = 600  # a lock whose heartbeat stopped this long ago is stale, whatever its host
 VERSION_NAME = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 
 
@@ -181,16 +181,37 @@ def acquire_lock(path: Path) -> str:
                 raise LockedError(
                     f"{path.parent} is being written by pid {holder.get('pid')} on {holder.get('host')} since "
                     f"{datetime.fromtimestamp(holder.get('started', 0), timezone.utc):%Y-%m-%d %H:%M:%S} UTC; "
-                    f"wait for it to finish (a lock from another host counts as stale once its heartbeat "
-                    f"has stopped for {FOREIGN_STALE_S // 60} minutes; to take it over sooner, delete {path})"
+                    f"wait for it to finish (a lock counts as stale once its heartbeat has stopped for "
+                    f"{STALE_AFTER_S // 60} minutes; if its run is gone from another host, delete {path} to go on now)"
                 ) from None
             logger.warning("removing a stale lock %s left by %s", path, holder)
-            path.unlink(missing_ok=True)
+            _remove_stale(path, holder)
             continue
         with os.fdopen(fd, "w") as fh:
             json.dump(record, fh)
         return token
     raise LockedError(f"could not take the lock {path}; another run is starting at the same moment")
+
+
+def _remove_stale(path: Path, holder: dict | None) -> None:
+    """Move the stale lock aside atomically, then check it is the one judged stale: a faster run
+    may have taken it over and written its own since we read it (unlinking blindly would then
+    let two runs hold the lock)."""
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another run removed it first; the caller tries to create its own again
+    moved = _read_lock(aside)
+    if moved is not None and moved != holder:
+        try:
+            os.link(aside, path)  # put the live lock back (fails if yet another one exists)
+        except OSError:
+            pass
+        aside.unlink(missing_ok=True)
+        raise LockedError(f"{path.parent} was just taken over by another run "
+                          f"(pid {moved.get('pid')} on {moved.get('host')}); wait for it to finish")
+    aside.unlink(missing_ok=True)
 
 
 def release_lock(path: Path, token: str) -> None:
@@ -214,8 +235,10 @@ def _age_s(path: Path) -> float:
 
 
 def _is_stale(holder: dict, age_s: float) -> bool:
+    if age_s > STALE_AFTER_S:
+        return True  # no heartbeat: the run is gone (another host's pid cannot be checked; a pid may be reused)
     if holder.get("host") != socket.gethostname():
-        return age_s > FOREIGN_STALE_S  # its pid cannot be checked from here: its heartbeat stopped
+        return False
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
