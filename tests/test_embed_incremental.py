@@ -88,3 +88,16 @@ def test_a_different_encoder_re_embeds_everything(base, tmp_path):
     assert result.counts["rows_reused"] == 0 and result.counts["rows_embedded"] == N
     assert "different encoder" in result.manifest["incremental"]["decision"]
     assert result.manifest["index"]["built_by"] == "rebuild"
+
+
+def test_one_bad_row_replaced_by_another_publishes_the_new_quarantine(ray_session, tiny_encoder_dir, tmp_path):
+    texts = {f"doc{i}": t for i, t in enumerate(clean_texts(4))}
+    _write(tmp_path / "c", {**texts, "q1": None})
+    cfg = small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir, incremental=True)
+    run_embed(cfg)
+    _write(tmp_path / "c", {**texts, "q2": "   "})  # still one bad row, another one
+    second = run_embed(cfg)
+    assert second.published and second.counts["rows_embedded"] == 0 and second.counts["rows_reused"] == 4
+    quarantine = pq.read_table(second.version_dir / "quarantine.parquet")
+    assert quarantine.column("id").to_pylist() == ["q2"] and quarantine.column("reason").to_pylist() == ["empty_text"]
+    assert run_embed(cfg).published is False  # and now it is the same again

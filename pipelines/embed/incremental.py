@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 from .layout import OutputLayout
 from .scan import Plan
 
+QUARANTINE_FILE = "quarantine.parquet"  # in every version folder: the rows not embedded, with a reason
+
 logger = logging.getLogger(__name__)
 
 REUSED_FILE = "reused-00000.parquet"
@@ -259,5 +261,19 @@ def has_changes(plan: Plan, reuse: Reuse, previous_manifest: dict | None) -> boo
     if previous_manifest is None or reuse.previous_dir is None:
         return True
     nothing_to_embed = not any(k.any() for k in plan.keep)
-    same_quarantine = previous_manifest["counts"]["rows_quarantined"] == plan.quarantine.num_rows
-    return not (nothing_to_embed and reuse.rows_salvaged == 0 and reuse.rows_deleted == 0 and same_quarantine)
+    if not nothing_to_embed or reuse.rows_salvaged or reuse.rows_deleted:
+        return True
+    return not _same_quarantine(plan.quarantine, reuse.previous_dir / QUARANTINE_FILE)
+
+
+def _same_quarantine(quarantine: pa.Table, published: Path) -> bool:
+    """The same rows quarantined for the same reasons (a count alone would miss one bad row
+    replaced by another)."""
+    key = ["source_file", "source_row", "id", "reason"]
+    if not published.exists():
+        return quarantine.num_rows == 0
+    before = pq.read_table(published, columns=key)
+    if before.num_rows != quarantine.num_rows:
+        return False
+    order = [("source_file", "ascending"), ("source_row", "ascending")]
+    return before.sort_by(order).equals(quarantine.select(key).sort_by(order))

@@ -22,7 +22,7 @@ import ray
 
 from . import faults
 from .config import EmbedConfig
-from .incremental import Reuse, copy_reused, has_changes, plan_reuse, write_run_record
+from .incremental import QUARANTINE_FILE, Reuse, copy_reused, has_changes, plan_reuse, write_run_record
 from .index_build import build_index
 from .index_update import plan_index_update, update_index
 from .layout import OutputLayout
@@ -34,7 +34,6 @@ from .stages import read_actor_stats, vectors_schema
 
 logger = logging.getLogger(__name__)
 
-QUARANTINE_FILE = "quarantine.parquet"
 
 
 @dataclass
