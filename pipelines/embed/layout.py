@@ -248,6 +248,21 @@ def _is_stale(holder: dict, age_s: float) -> bool:
     return False
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush every file under `folder` (and the folders' entries) to disk: the manifest and
+    CURRENT are written after this, so a power loss cannot leave them naming truncated data."""
+    for path in sorted(folder.rglob("*"), reverse=True):  # files before the folders holding them
+        if path.is_dir():
+            _fsync_dir(path)
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(folder)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -25,7 +25,7 @@ from .config import EmbedConfig
 from .incremental import QUARANTINE_FILE, Reuse, copy_reused, has_changes, plan_reuse, write_run_record
 from .index_build import build_index
 from .index_update import plan_index_update, update_index
-from .layout import OutputLayout
+from .layout import OutputLayout, sync_tree
 from .manifest import build_manifest, vector_identity, write_manifest
 from .ray_steps import describe_encoder, effective_instruction, embed_planned_rows, ensure_ray, placement, scan_files
 from .scan import Columns, Plan, check_columns, open_parquet, plan_rows
@@ -120,6 +120,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         manifest["incremental"] = {"enabled": cfg.incremental, "decision": reuse.reason}
         manifest["salvage"] = {"rows": reuse.rows_salvaged, "from_versions": reuse.salvaged_from,
                                "skipped_files": reuse.skipped_files}
+        sync_tree(version_dir)
         write_manifest(version_dir, manifest)  # last: marks the version complete
         faults.point("before_publish")
         layout.publish(version)
@@ -220,11 +221,13 @@ def format_summary(result: EmbedResult, root: Path) -> str:
     c, t, i = m["counts"], m["throughput"], m["index"]
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(c["quarantine_by_reason"].items())) or "none"
     salvaged = f" ({c['rows_salvaged']:,} salvaged from an interrupted run)" if c.get("rows_salvaged") else ""
+    # only an incremental run compares ids with the published version
+    deleted = f"{c['rows_deleted']:,}" if m["pipeline"].get("incremental") else "not counted (full run)"
     lines = [
         f"published version {result.version} in {root}",
         f"  rows read {c['rows_read']:,} = embedded {c['rows_embedded']:,} + reused {c['rows_reused']:,}{salvaged} "
         f"+ quarantined "
-        f"{c['rows_quarantined']:,} ({reasons}); deleted since the previous version: {c['rows_deleted']:,}",
+        f"{c['rows_quarantined']:,} ({reasons}); deleted since the previous version: {deleted}",
         f"  truncated texts: {c['rows_truncated']:,}; files skipped: {c['files_skipped']}",
         f"  tokens {t['tokens']:,} in {t['embed_stage_s']} s: {t['tokens_per_s']} tokens/s "
         f"({t['actors']} {t['device']} actor(s), padding {t['padding_share']:.1%})",
