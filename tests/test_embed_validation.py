@@ -89,3 +89,11 @@ def test_a_file_rewritten_between_scan_and_read_is_never_published(ray_session, 
     with pytest.raises(RuntimeError, match="do not match the scanned input"):
         run_embed(small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir))
     assert OutputLayout(tmp_path / "out").current() is None
+
+
+def test_skip_bad_files_never_publishes_when_no_file_can_be_read(ray_session, tiny_encoder_dir, tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(BadFileError, match="none of the 1 input files can be read"):
+        run_embed(small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir, skip_bad_files=True))
+    assert OutputLayout(tmp_path / "out").current() is None

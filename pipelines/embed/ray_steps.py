@@ -115,6 +115,11 @@ def scan_files(files: list[str], columns: Columns, skip_bad_files: bool) -> tupl
             + (f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else "")
             + ". Fix or remove it, or pass --skip-bad-files to skip unreadable files (they are listed in the manifest)."
         )
+    if bad and len(bad) == len(results):
+        # publishing an empty version (and, incrementally, deleting every document) is never what
+        # a night with an unreachable bucket wants
+        raise BadFileError(f"none of the {len(bad)} input files can be read (first: {bad[0]['path']}: "
+                           f"{bad[0]['error']}); nothing was published")
     for item in bad:
         logger.warning("skipping unreadable file %s: %s", item["path"], item["error"])
     return [r for r in results if "error" not in r], bad
