@@ -90,6 +90,15 @@ def test_a_different_encoder_re_embeds_everything(base, tmp_path):
     assert result.manifest["index"]["built_by"] == "rebuild"
 
 
+def test_another_dtype_re_embeds_everything(ray_session, tiny_encoder_dir, tmp_path):
+    _write(tmp_path / "c", {f"doc{i}": t for i, t in enumerate(clean_texts(4))})
+    cfg = small_config(tmp_path / "c", tmp_path / "out", tiny_encoder_dir, incremental=True)
+    run_embed(cfg)
+    result = run_embed(cfg.model_copy(update={"dtype": "bfloat16"}))
+    assert result.counts["rows_embedded"] == 4 and result.counts["rows_reused"] == 0
+    assert "different dtype" in result.manifest["incremental"]["decision"]
+
+
 def test_one_bad_row_replaced_by_another_publishes_the_new_quarantine(ray_session, tiny_encoder_dir, tmp_path):
     texts = {f"doc{i}": t for i, t in enumerate(clean_texts(4))}
     _write(tmp_path / "c", {**texts, "q1": None})

@@ -19,11 +19,13 @@ FORMAT = "l2v-embed/1"
 TEXT_COMPOSITION = "title.strip() + '\\n\\n' + text when the row has a non-empty title, else text"
 
 
-def vector_identity(encoder_identity: dict, instruction: str | None, title_column: str | None) -> dict:
+def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None, title_column: str | None) -> dict:
     """Everything that decides a document's vector besides its text: equal identities mean a
-    stored vector can be reused for an unchanged content_hash."""
+    stored vector can be reused for an unchanged content_hash. The dtype counts: bf16 vectors
+    (GPU) differ slightly from float32 ones (CPU), and one index should not mix them."""
     return {
         "encoder": encoder_identity,
+        "dtype": dtype,
         "instruction": instruction,
         "title_column": title_column,
         "text_composition": TEXT_COMPOSITION,
@@ -38,7 +40,7 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, in
         "version": version,
         "previous_version": previous,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "vector_identity": vector_identity(encoder["identity"], instruction, cfg.title_column),
+        "vector_identity": vector_identity(encoder["identity"], encoder["dtype"], instruction, cfg.title_column),
         "encoder": {
             "source": encoder["source"],
             "identity": encoder["identity"],

@@ -67,7 +67,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         plan.bad_files = bad_files
         encoder = ray.get(encoder_ref)
         instruction = effective_instruction(cfg, encoder)
-        identity = vector_identity(encoder["identity"], instruction, cfg.title_column)
+        identity = vector_identity(encoder["identity"], encoder["dtype"], instruction, cfg.title_column)
         reuse = plan_reuse(plan, layout, previous, identity, cfg.store_text,
                            vectors_schema(encoder["dim"], cfg.store_text), incremental=cfg.incremental)
         _log_reuse(cfg, reuse)
