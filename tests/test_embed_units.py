@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.embed.config import EmbedConfig, parse_size
 from pipelines.embed.scan import Columns, compose_text, content_hash, plan_rows, scan_file
-from pipelines.embed.sources import list_parquet_files
+from pipelines.sources import list_parquet_files
 from pipelines.embed.stages import EmbedActor, read_planned_rows, tokenize_rows
 
 COLS = Columns("id", "text")

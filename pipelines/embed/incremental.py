@@ -34,10 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .layout import OutputLayout
+from .layout import QUARANTINE_FILE, OutputLayout
 from .scan import Plan
-
-QUARANTINE_FILE = "quarantine.parquet"  # in every version folder: the rows not embedded, with a reason
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +254,9 @@ def _rows_of(path: Path, rows: np.ndarray, batch_rows: int = 16384):
         start += batch.num_rows
 
 
-def has_changes(plan: Plan, reuse: Reuse, previous_manifest: dict | None) -> bool:
+def has_changes(plan: Plan, reuse: Reuse) -> bool:
     """False when the input adds, changes and deletes nothing and quarantines the same rows."""
-    if previous_manifest is None or reuse.previous_dir is None:
+    if reuse.previous_dir is None:  # nothing published (with the same vector identity) to compare with
         return True
     nothing_to_embed = not any(k.any() for k in plan.keep)
     if not nothing_to_embed or reuse.rows_salvaged or reuse.rows_deleted:

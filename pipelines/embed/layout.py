@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 MANIFEST = "manifest.json"
+QUARANTINE_FILE = "quarantine.parquet"  # in every version folder: the rows not embedded, with a reason
 LOCK = ".lock"
 HEARTBEAT_S = 30  # a running job touches its lock this often
 STALE_AFTER_S = 600  # a lock whose heartbeat stopped this long ago is stale, whatever its host

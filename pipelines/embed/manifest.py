@@ -13,7 +13,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .layout import MANIFEST
+from .layout import MANIFEST, QUARANTINE_FILE
 
 FORMAT = "l2v-embed/1"
 TEXT_COMPOSITION = "title.strip() + '\\n\\n' + text when the row has a non-empty title, else text"
@@ -56,7 +56,7 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, in
         "counts": counts,
         "vectors": {"dir": "vectors", "dim": encoder["dim"], "rows": index_info["count"],
                     "columns": ["id", "embedding", "content_hash", "n_tokens", "truncated"] + (["text"] if cfg.store_text else [])},
-        "quarantine": {"file": "quarantine.parquet", "rows": counts["rows_quarantined"]},
+        "quarantine": {"file": QUARANTINE_FILE, "rows": counts["rows_quarantined"]},
         "index": {"file": index_info["index_file"], "id_map": index_info["id_map"], "info": "index_info.json",
                   "factory": index_info["factory"], "count": index_info["count"],
                   "recall_at_10": index_info["recall_at_10"], "built_by": index_info["built_by"]},

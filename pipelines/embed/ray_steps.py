@@ -47,13 +47,14 @@ def ensure_ray() -> None:
 
 def placement(cfg: EmbedConfig) -> dict:
     """Where embed actors run: one per GPU with num_gpus=1, else CPU actors."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
     device = cfg.device or ("cuda" if gpus else "cpu")
     on_gpu = device.startswith("cuda")
     if on_gpu and not gpus:
         raise ValueError(f"--device {device} but the Ray cluster has no GPU; drop --device or add GPU nodes")
     actors = cfg.num_actors or (gpus if on_gpu else 1)
-    cpus = ray.cluster_resources().get("CPU", 0)
+    cpus = resources.get("CPU", 0)
     if actors * cfg.actor_cpus + 1 > cpus:
         # Actors hold their CPUs for the whole run: with none left, the read, tokenize and write
         # tasks never get scheduled and the run waits forever.

@@ -22,14 +22,14 @@ import ray
 
 from . import faults
 from .config import EmbedConfig
-from .incremental import QUARANTINE_FILE, Reuse, copy_reused, has_changes, plan_reuse, write_run_record
+from .incremental import Reuse, copy_reused, has_changes, plan_reuse, write_run_record
 from .index_build import build_index
 from .index_update import plan_index_update, update_index
-from .layout import OutputLayout, sync_tree
+from .layout import QUARANTINE_FILE, OutputLayout, sync_tree
 from .manifest import build_manifest, vector_identity, write_manifest
 from .ray_steps import describe_encoder, effective_instruction, embed_planned_rows, ensure_ray, placement, scan_files
 from .scan import Columns, Plan, check_columns, open_parquet, plan_rows
-from .sources import list_parquet_files
+from ..sources import list_parquet_files
 from .stages import read_actor_stats, vectors_schema
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         logger.info("%d rows read: %d to embed, %d reused, %d quarantined", plan.rows_read,
                     plan.rows_to_embed - reuse.rows, reuse.rows, plan.quarantine.num_rows)
         faults.point("after_scan")
-        if cfg.incremental and previous and not has_changes(plan, reuse, layout.read_manifest(previous)):
+        if cfg.incremental and previous and not has_changes(plan, reuse):
             print(f"no changes since the published version {previous}: nothing embedded, nothing published")
             layout.prune(cfg.keep_versions)  # leftovers of interrupted runs: nothing in them is needed
             manifest = layout.read_manifest(previous)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .sources import filesystem_of
+from ..sources import filesystem_of
 
 SCAN_BATCH_ROWS = 65536
 PREVIEW_CHARS = 120

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from ..sources import list_parquet_files
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
 _READ_BATCH_ROWS = 256  # rows tokenized together; packing leftovers are dropped per batch
 
@@ -43,16 +45,10 @@ def _is_parquet(path: str) -> bool:
     """A .parquet file, or a folder (local or remote, e.g. s3://bucket/corpus/) holding any."""
     if path.endswith(".parquet"):
         return True
-    if "://" not in path:
-        local = Path(path)
-        return local.is_dir() and any(local.rglob("*.parquet"))
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(path)
-    if fs.get_file_info(root).type != pafs.FileType.Directory:
+    try:
+        return bool(list_parquet_files([path]))
+    except FileNotFoundError:
         return False
-    found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return any(info.path.endswith(".parquet") for info in found)
 
 
 def _drop_blank(batch: pa.Table) -> pa.Table:

@@ -1,4 +1,5 @@
-"""Find the parquet files of a corpus: a file, a folder, a glob, or any URI pyarrow understands."""
+"""Find the parquet files of a corpus: a file, a folder, a glob, or any URI pyarrow understands.
+Shared by the embed pipeline and the training corpus reader."""
 
 from __future__ import annotations
 
