@@ -59,6 +59,8 @@ def test_read_corpus_parquet_with_a_named_column_and_text_files(ray_session, tmp
     (tmp_path / "p").mkdir()
     pq.write_table(pa.table({"text": [SENTENCES[2]]}), tmp_path / "p" / "part-0.parquet")
     assert [r["text"] for r in read_corpus((tmp_path / "p").as_uri()).take_all()] == [SENTENCES[2]]
+    (tmp_path / "one.txt").write_text(SENTENCES[2] + "\n")  # a text file named directly stays text
+    assert [r["text"] for r in read_corpus(str(tmp_path / "one.txt")).take_all()] == [SENTENCES[2]]
 
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "a.txt").write_text("\n".join(SENTENCES * 3) + "\n\n")

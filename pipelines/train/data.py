@@ -46,9 +46,10 @@ def _is_parquet(path: str) -> bool:
     if path.endswith(".parquet"):
         return True
     try:
-        return bool(list_parquet_files([path]))
+        found = list_parquet_files([path])  # a file comes back whatever its extension; folders give only .parquet
     except FileNotFoundError:
         return False
+    return any(f.endswith(".parquet") for f in found)
 
 
 def _drop_blank(batch: pa.Table) -> pa.Table:
