@@ -155,7 +155,8 @@ def _usage_section(folder: Path, settings: EncoderSettings, st_ok: bool, prompts
         if prompts:
             lines.append(f'queries = model.encode(["cats"], prompt_name="{next(iter(prompts))}")')
         lines += ["```", "", "Tested with sentence-transformers 6.3 (the files need >= 5.4: plain text, no chat "
-                             "template). Attention stays bidirectional through `is_causal: false` in `config.json`.", ""]
+                             "template). Attention stays bidirectional through `is_causal: false` in "
+                             "`config.json`.", ""]
         missing = sorted(set(settings.instructions) - set(prompts))
         if missing:
             lines += [f"Not available as sentence-transformers prompts: {', '.join(missing)}. With this tokenizer and "

@@ -18,7 +18,7 @@ What sentence-transformers' stock modules cannot reproduce (see `st_support`):
 - `weighted_mean` with an instruction: sentence-transformers keeps the prompt's positions in the
   weights (l2v weighs the text's tokens 1..n);
 - `mean` with an instruction whose tokens, measured alone, do not end where the text's tokens start
-  (byte-level BPE and SentencePiece turn the trailing space into a token of its own, which in the
+  (byte-level BPE (as in SmolLM2) turns the trailing space into a token of its own, which in the
   full text belongs to the first word): sentence-transformers would leave the first word out.
 A pooling mode it cannot reproduce gets a Pooling entry of type `UnexpressiblePooling` (below):
 sentence-transformers refuses to import it without trust_remote_code=True, and with it the class
@@ -52,6 +52,9 @@ _ST_POOLING = {
 }
 _PROBE_TEXTS = ("The cat sat on the mat.", "2024: prices rose 3%.", "über café", "(a) first item")
 UNEXPRESSIBLE_TYPE = "l2v_core.st_format.UnexpressiblePooling"
+# mteb picks a sentence-transformers prompt by task type ("STS"), prompt type ("query", "document")
+# or task name: an instruction named for a task type is also written under mteb's spelling.
+_MTEB_ALIASES = {"sts": "STS"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ def st_prompt(instruction: str) -> str:
 
 def _adds_special_tokens(tokenizer) -> bool:
     text = _PROBE_TEXTS[0]
-    return tokenizer(text, add_special_tokens=True)["input_ids"] != tokenizer(text, add_special_tokens=False)["input_ids"]
+    with_specials = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return with_specials != tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _st_prompt_length(tokenizer, prompt: str) -> int:
@@ -107,6 +111,8 @@ def st_support(tokenizer, settings: EncoderSettings) -> STSupport:
                              "(a trailing-space token): sentence-transformers would drop the text's first token")
         else:
             prompts[name] = st_prompt(instruction)
+            if name in _MTEB_ALIASES and _MTEB_ALIASES[name] not in settings.instructions:
+                prompts[_MTEB_ALIASES[name]] = st_prompt(instruction)
     return STSupport(True, None, prompts, skipped)
 
 
@@ -166,6 +172,7 @@ class UnexpressiblePooling:
         if folder and Path(folder, subfolder or POOLING_DIR, "config.json").is_file():
             reason = json.loads(Path(folder, subfolder or POOLING_DIR, "config.json").read_text()).get("reason", "")
         raise ValueError(
-            f"this l2v encoder's pooling cannot be reproduced by sentence-transformers ({reason or 'see its README.md'}); "
+            f"this l2v encoder's pooling cannot be reproduced by sentence-transformers "
+            f"({reason or 'see its README.md'}); "
             f"load it with l2v_core: Encoder.from_pretrained({str(folder or 'FOLDER')!r}).encode(texts)"
         )

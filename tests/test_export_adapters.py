@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import PeftModel
+from train_helpers import SENTENCES, save_tiny_causal_lm
 from transformers import AutoModel
 
 from l2v_core import Encoder, enable_bidirectional, load_model
 from l2v_core.lora import apply_lora, save_adapter
 from pipelines.train.export import adapter_base, export_encoder, keep_adapter_and_log, write_adapters_readme
 from pipelines.train.loop_tools import ADAPTER_DIR, STEP_LOG, merge_earlier_adapters
-from train_helpers import SENTENCES, save_tiny_causal_lm
 
 
 def _fake_checkpoint(folder: Path, model_ref: str, earlier: list, seed: int) -> Path:
