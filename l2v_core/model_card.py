@@ -116,9 +116,10 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.6g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items()).replace("|", "/")
+        inner = ", ".join(f"{k}={f'({_cell(v)})' if isinstance(v, dict) else _cell(v)}" for k, v in value.items())
+        return inner.replace("|", "/")
     return str(value).replace("|", "/")
 
 
@@ -166,12 +167,15 @@ def _usage_section(folder: Path, settings: EncoderSettings, st_ok: bool, prompts
         reason = json.loads((folder / POOLING_DIR / "config.json").read_text()).get("reason", "")
         lines += [f"Not loadable: {reason}. `SentenceTransformer(folder)` raises instead of returning other "
                   f"vectors; use l2v_core.", ""]
-    lines += ["### peft", "", "The LoRA adapters of each stage are kept beside this folder in `adapters/<stage>/` "
-              "(see `adapters/README.md` there). Each one's `base_model_name_or_path` names the model it "
-              "belongs on; apply them in stage order onto the bare decoder body (`AutoModel`):", "",
+    if not any("adapter_base" in stage for stage in settings.stages):
+        return lines
+    lines += ["### peft", "", "`jobs/adapt.py` keeps each stage's LoRA adapter beside this folder, in "
+              "`../adapters/<stage>/` (see `../adapters/README.md`). Each one's `base_model_name_or_path` "
+              "names the body it belongs on (a relative one is relative to the adapter's folder); they "
+              "adapt the bare decoder body (`AutoModel`), in stage order:", "",
               "```python", "from peft import PeftModel", "from transformers import AutoModel", "",
               'body = AutoModel.from_pretrained("BASE_MODEL")',
-              'body = PeftModel.from_pretrained(body, "adapters/mntp").merge_and_unload()',
+              'body = PeftModel.from_pretrained(body, "../adapters/mntp").merge_and_unload()',
               "```", "",
               "An adapter changes the weights only: attention must also be switched to bidirectional "
               "(`l2v_core.enable_bidirectional(body)`), and pooling done as above.", ""]
