@@ -88,7 +88,10 @@ def _prompt_reproducible(tokenizer, instruction: str, max_length: int) -> bool:
     """True when, for every probe text, the tokens l2v leaves out of the pool are exactly the
     leading tokens sentence-transformers counts as the prompt."""
     length = _st_prompt_length(tokenizer, st_prompt(instruction))
-    batch = tokenize_texts(tokenizer, list(_PROBE_TEXTS), instruction, max_length)
+    try:
+        batch = tokenize_texts(tokenizer, list(_PROBE_TEXTS), instruction, max_length)
+    except ValueError:  # the instruction alone fills max_length: nothing to pool in either library
+        return False
     for mask in batch.pool_mask:
         first_pooled = mask.index(1)
         if first_pooled != length or not all(mask[first_pooled:]):
