@@ -205,3 +205,11 @@ def test_default_model_parity(default_encoder, tmp_path):
     assert model.prompts == {} or set(INSTRUCTIONS).isdisjoint(model.prompts)
     with pytest.raises(ValueError, match="query"):
         model.encode(TEXTS[:1], prompt_name="query")
+
+
+def test_an_instruction_that_fills_max_length_is_not_offered(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer()
+    settings = EncoderSettings(max_length=16, instructions={"long": "Retrieve " * 40, "sts": INSTRUCTIONS["sts"]})
+    support = st_support(tokenizer, settings)
+    assert "long" in support.skipped_prompts and support.pooling_ok
+    Encoder(model, tokenizer, settings).save(tmp_path / "enc")  # saving does not raise
