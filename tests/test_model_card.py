@@ -5,14 +5,12 @@ usage; no absolute local paths."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from l2v_core import Encoder, EncoderSettings
-from l2v_core.model_card import write_model_card
+from l2v_core.model_card import main, write_model_card
 from l2v_core.testing import tiny_model_and_tokenizer
 
 STAGES = [
@@ -60,9 +58,7 @@ def test_card_has_front_matter_stages_and_usage(folder):
 def test_evaluation_report_adds_its_table_also_to_an_existing_folder(folder, tmp_path):
     report = tmp_path / "eval.json"
     report.write_text(json.dumps(REPORT))
-    done = subprocess.run([sys.executable, "-m", "l2v_core.model_card", str(folder), "--eval-report", str(report)],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    main([str(folder), "--eval-report", str(report)])  # `python -m l2v_core.model_card FOLDER --eval-report R`
     text = (folder / "README.md").read_text()
     assert "| STS-B test | Spearman x 100 | 71.23 | 1379 pairs |" in text
     assert "| SciFact test | nDCG@10 x 100 | 55.5 |" in text
@@ -73,9 +69,8 @@ def test_a_bad_report_is_a_clear_error(folder, tmp_path):
     bad.write_text(json.dumps({"something": 1}))
     with pytest.raises(ValueError, match="not a jobs/evaluate.py report"):
         write_model_card(folder, bad)
-    done = subprocess.run([sys.executable, "-m", "l2v_core.model_card", str(folder), "--eval-report",
-                           str(tmp_path / "missing.json")], capture_output=True, text=True)
-    assert done.returncode != 0 and "not found" in done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(SystemExit, match="error: evaluation report .*missing.json not found"):
+        main([str(folder), "--eval-report", str(tmp_path / "missing.json")])  # one line, no traceback
 
 
 def test_default_model_card_names_the_hub_model_and_its_license(tmp_path):
