@@ -57,7 +57,8 @@ def adapter_base(model_ref: str, adapters_dir: Path, previous_body: Path | None)
     return Path(os.path.relpath(previous_body, adapters_dir / "_")).as_posix()
 
 
-def keep_adapter_and_log(checkpoint, adapters_dir: Path, logs_dir: Path, stage: str, *, base: str | None = None) -> Path:
+def keep_adapter_and_log(checkpoint, adapters_dir: Path, logs_dir: Path, stage: str, *,
+                         base: str | None = None) -> Path:
     """Copy a stage's final adapter (peft format) and its step log out of the run's storage, the
     adapter made portable (`base`: see `adapter_base`). Returns the JSONL log path."""
     with _as_directory(checkpoint) as folder:
