@@ -162,7 +162,9 @@ def _usage_section(folder: Path, settings: EncoderSettings, st_ok: bool, prompts
         if missing:
             lines += [f"Not available as sentence-transformers prompts: {', '.join(missing)}. With this tokenizer and "
                       f"pooling, sentence-transformers cannot leave exactly the instruction's tokens out of the pool; "
-                      f"use l2v_core for them (`prompt_name` raises for them instead of giving other vectors).", ""]
+                      f"use l2v_core for them. `prompt_name` raises for them, except `query` and `document`: "
+                      f"for those, sentence-transformers >= 6 falls back to an empty prompt (no instruction), "
+                      f"and so does mteb.", ""]
     else:
         reason = json.loads((folder / POOLING_DIR / "config.json").read_text()).get("reason", "")
         lines += [f"Not loadable: {reason}. `SentenceTransformer(folder)` raises instead of returning other "

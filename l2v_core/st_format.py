@@ -23,7 +23,9 @@ What sentence-transformers' stock modules cannot reproduce (see `st_support`):
 A pooling mode it cannot reproduce gets a Pooling entry of type `UnexpressiblePooling` (below):
 sentence-transformers refuses to import it without trust_remote_code=True, and with it the class
 raises a clear error. A named prompt it cannot reproduce is left out of the prompts, so
-`encode(..., prompt_name=name)` raises there; the model card lists it.
+`encode(..., prompt_name=name)` raises there; the model card lists it. (Not for the names `query`
+and `document`: sentence-transformers >= 6 fills those with an empty prompt, so there they give
+the vector without instruction.)
 """
 
 from __future__ import annotations
