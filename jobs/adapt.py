@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--simcse-batch-size", type=int)
     p.add_argument("--text-column", help="text column of a parquet corpus")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a running cluster, else local)")
+    p.add_argument("--eval-report", help="a jobs/evaluate.py --out report to put on the encoder's model card")
     return p.parse_args(argv)
 
 
@@ -96,7 +97,12 @@ def main(argv=None) -> dict:
 
     if not ray.is_initialized():
         ray.init(address=args.address)
+    from l2v_core.model_card import load_eval_report, write_model_card
+
+    report = load_eval_report(args.eval_report)  # checked before hours of training, not after
     summary = run_chain(cfg, corpus=args.corpus, output=args.output, simcse_corpus=args.simcse_corpus)
+    if report:
+        write_model_card(summary["encoder"], report)
     print(f"\n{'stage':<14}{'steps':>7}{'batch':>7}{'wall s':>9}{'final loss':>12}")
     for stage in summary["stages"][1:]:
         print(f"{stage['name']:<14}{stage['steps']:>7}{stage['batch_size']:>7}{stage['wall_time_s']:>9}"

@@ -183,13 +183,20 @@ class Encoder:
         return pool(hidden.float(), pooled.to(device), self.settings.pooling, attention.to(device))
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write safetensors weights, the tokenizer and `l2v_config.json` to `path`."""
+    def save(self, path: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None) -> Path:
+        """Write safetensors weights, the tokenizer, `l2v_config.json`, the sentence-transformers
+        files (`l2v_core.st_format`) and a model card `README.md` (with `eval_report`'s table:
+        a `jobs/evaluate.py` report, as a path or a dict) to `path`."""
+        from .model_card import write_model_card
+        from .st_format import write_st_files
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         self.settings.save(path)
+        write_st_files(path, self.settings, self.tokenizer, self.dim)
+        write_model_card(path, eval_report=eval_report)
         return path
 
 

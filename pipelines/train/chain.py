@@ -20,7 +20,7 @@ from l2v_core.loading import resolve_model_path
 
 from .config import AdaptConfig
 from .data import mntp_blocks, simcse_sentences
-from .export import export_encoder, keep_adapter_and_log
+from .export import adapter_base, export_encoder, keep_adapter_and_log, write_adapters_readme
 from .mntp_loop import mntp_loop
 from .plot import plot_losses
 from .simcse_loop import simcse_loop
@@ -44,7 +44,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
     # SimCSE trained with an instruction: the encoder uses it for symmetric similarity.
     instructions = {"sts": cfg.simcse.instruction} if cfg.simcse.instruction and "simcse" in cfg.stages else {}
     history: list[dict] = [{"name": "bidirectional", "note": "attention switched to bidirectional, no training"}]
-    checkpoints, logs = [], {}
+    checkpoints, logs, adapter_bases = [], {}, []
 
     for index, stage_name in enumerate(cfg.stages):
         stage = getattr(cfg, stage_name)
@@ -65,12 +65,16 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
                            datasets={"train": dataset})
         wall = time.perf_counter() - start
         checkpoints.append(result.checkpoint)
-        logs[stage_name] = keep_adapter_and_log(result.checkpoint, output / "adapters", output / "logs", stage_name)
+        previous_body = output / "stages" / cfg.stages[index - 1] / "encoder" if index else None
+        base = adapter_base(model_ref, output / "adapters", previous_body)
+        adapter_bases.append((stage_name, base))
+        logs[stage_name] = keep_adapter_and_log(result.checkpoint, output / "adapters", output / "logs", stage_name,
+                                                base=base)
         history.append({
             "name": stage_name, "steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
             "num_workers": cfg.cluster.num_workers, "wall_time_s": round(wall, 1),
             "final_loss": result.metrics.get("loss"), "corpus": simcse_corpus if stage_name == "simcse" and simcse_corpus else corpus,
-            "lora": stage.lora.model_dump(),
+            "lora": stage.lora.model_dump(), "adapter_base": base,
             **({"block_size": stage.block_size, "mask_probability": stage.mask_probability} if stage_name == "mntp"
                else {"max_length": stage.max_length, "scale": stage.scale, "attention_dropout": stage.attention_dropout}),
         })
@@ -82,6 +86,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
     start = time.perf_counter()
     encoder_dir = export_encoder(model_ref, checkpoints, output / "encoder", pooling=cfg.simcse.pooling,
                                  max_length=512, stages=history, instructions=instructions)
+    write_adapters_readme(output / "adapters", adapter_bases)
     png = plot_losses(logs, output / "loss_curves.png") if logs else None
     summary = {
         "encoder": str(encoder_dir), "adapters": str(output / "adapters"), "loss_curves": str(png) if png else None,
