@@ -26,13 +26,17 @@ EXIT_CODES = """exit codes:
   2  usage error: a bad flag, no published version at --index, --model missing, the API key variable unset"""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the epilog's lines kept as written."""
+
+
 class UsageError(Exception):
     """A mistake in the command line: exit code 2 with one line."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--index", required=True, help="output folder of jobs/embed_corpus.py (its CURRENT version is served)")
     p.add_argument("--model", default=None, help="encoder folder, when it moved since the index was built")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines: set an API key)")
@@ -47,12 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica (also its torch threads)")
     p.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica")
     p.add_argument("--address", default=None,
-                   help="Ray cluster to deploy on (default: $RAY_ADDRESS, else a local Ray started for this command)")
+                   help="Ray cluster to deploy on; none: $RAY_ADDRESS, else a local Ray started for this command")
     return p.parse_args(argv)
 
 
 def service_config(args: argparse.Namespace):
-    """The validated ServiceConfig, or a UsageError naming the flag."""
+    """(the validated ServiceConfig, the published version's name), or a UsageError naming the flag."""
     from pydantic import ValidationError
 
     from pipelines.embed.layout import NoPublishedVersionError, OutputLayout
@@ -60,6 +64,8 @@ def service_config(args: argparse.Namespace):
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    if "://" not in args.index and not Path(args.index).is_dir():
+        raise UsageError(f"--index {args.index} is not a folder (give the --output of jobs/embed_corpus.py)")
     try:
         current = OutputLayout(args.index).current_dir()
     except (NoPublishedVersionError, FileNotFoundError, ValueError) as e:
@@ -79,23 +85,24 @@ def service_config(args: argparse.Namespace):
         config.api_key_sha256()
     except ValueError as e:
         raise UsageError(f"--api-key-env: {e}") from None
-    logging.getLogger(__name__).info("serving %s (published version %s)", config.index, current.name)
-    return config
+    return config, current.name
 
 
-def run(args: argparse.Namespace, config) -> None:
+def run(args: argparse.Namespace, config, version: str) -> None:
     import ray
     from ray import serve
 
     from pipelines.serve import build_app
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     address = args.address or os.environ.get("RAY_ADDRESS")
     local = address is None
     ray.init(address=address or "local", include_dashboard=False if local else None)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(config), name="l2v-search", route_prefix="/")
-        print(f"serving {config.index} at http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+        print(f"serving {config.index} (version {version}) at http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+              flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
@@ -111,11 +118,10 @@ def run(args: argparse.Namespace, config) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        config = service_config(args)
-        run(args, config)
+        config, version = service_config(args)
+        run(args, config, version)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

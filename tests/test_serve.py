@@ -289,3 +289,54 @@ def test_a_broken_new_version_is_refused_and_the_old_keeps_serving(service, dama
     assert version == before["version"] and top.endswith("2")
     layout.publish(before["version"])  # back to a healthy pointer for the next test
     wait_for(lambda: health(service)["status"] == "ok", timeout=30, what="status ok again")
+
+
+# ---------------------------------------------------------------------- a crashed replica
+def test_a_killed_replica_is_restarted_and_later_requests_succeed(service):
+    import signal
+
+    before = health(service)
+    os.kill(before["replica"]["pid"], signal.SIGKILL)
+
+    def restarted():
+        try:
+            reply = call(service.url, "/health", timeout=5)
+        except OSError:
+            return None
+        return reply.status == 200 and reply.body["replica"]["pid"] != before["replica"]["pid"]
+
+    wait_for(restarted, timeout=90, every=0.5, what="Serve to restart the killed replica")
+    version, top, score = top_hit(service, TEXTS[4])
+    assert version == before["version"] and top.endswith("4") and score == pytest.approx(1.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------------- the command line (no Ray started)
+def _serve_job():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_job", Path(__file__).resolve().parents[1] / "jobs" / "serve.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--index", "/nonexistent/index"], "--index /nonexistent/index is not a folder"),
+    (["--index", "{empty}"], "has no published version"),
+    (["--index", "{served}", "--port", "0"], "--port must be between 1 and 65535"),
+    (["--index", "{served}", "--replicas", "0"], "--replicas: "),
+    (["--index", "{served}", "--api-key-env", "L2V_TEST_UNSET_VARIABLE"], "L2V_TEST_UNSET_VARIABLE"),
+    (["--index", "{served}", "--model", "/nonexistent/encoder"], "--model /nonexistent/encoder does not exist"),
+])
+def test_cli_usage_errors_exit_2_with_one_line(service, tmp_path, capsys, args, message):
+    args = [a.format(empty=tmp_path, served=service.output) for a in args]
+    assert _serve_job().main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_cli_help_shows_defaults_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _serve_job().main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "127.0.0.1)" in out and "exit codes:" in out and "2  usage error" in out
