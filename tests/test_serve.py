@@ -222,7 +222,7 @@ def test_swap_under_load_no_failures_and_answers_move(service, tmp_path, ray_ses
     encoder_b = save_tiny_encoder(tmp_path / "encoder_b", seed=1)
     corpus_b = write_corpus(tmp_path / "corpus_b", n=N, files=1, prefix="b")
     built = run_embed(small_config(corpus_b, tmp_path / "out_b", encoder_b))
-    started, answers, errors = threading.Event(), [[] for _ in range(4)], []
+    answers, errors = [[] for _ in range(4)], []
 
     def client(c):
         for i in range(400):  # bounded; stops once this client has seen the new version for a while
@@ -232,15 +232,13 @@ def test_swap_under_load_no_failures_and_answers_move(service, tmp_path, ray_ses
                 errors.append(repr(e))
                 continue
             answers[c].append((version, top, score, (i * 3 + c) % N))
-            if i >= 5:
-                started.set()
             if sum(v == built.version for v, *_ in answers[c]) >= 5:
                 return
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
     for t in threads:
         t.start()
-    started.wait(60)
+    wait_for(lambda: all(len(a) >= 3 for a in answers) or errors, timeout=60, what="every client to get answers")
     publish_copy(service.output, built.version_dir)
     for t in threads:
         t.join(120)
@@ -340,3 +338,18 @@ def test_cli_help_shows_defaults_and_exit_codes(capsys):
         _serve_job().main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0 and "127.0.0.1)" in out and "exit codes:" in out and "2  usage error" in out
+
+
+def test_the_rayservice_args_are_a_valid_service_config():
+    import yaml
+    from pydantic import ValidationError
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    app = serve_config["applications"][0]
+    assert app["import_path"] == "pipelines.serve:build_app" and serve_config["http_options"]["port"] == 8000
+    config = ServiceConfig.model_validate(app["args"])
+    assert config.index == "/shared/index" and config.api_key_env == "L2V_API_KEY"
+    assert ServiceConfig.model_validate({"index": "/x", "replicas": "2"}).replicas == 2  # `serve run ... replicas=2`
+    with pytest.raises(ValidationError, match="replica"):
+        ServiceConfig.model_validate({"index": "/x", "replica": 2})

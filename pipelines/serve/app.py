@@ -107,7 +107,8 @@ class SearchService:
     async def _search(self, served: Served, body: dict) -> dict:
         request = parse_search(body, self.limits)
         instruction = served.query_instruction if request.instruction is None else request.instruction
-        vectors = await self._encode(served, request.queries, instruction, "queries")
+        batch = self._tokenize(served, request.queries, instruction, "queries")
+        vectors = await self._encode_batch(EncodeJob(served.encoder, batch))
         results = await asyncio.to_thread(served.index.search_vectors, vectors, request.k)
         return {"version": served.version, "k": request.k,
                 "results": [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in zip(request.queries, results)]}
@@ -128,11 +129,8 @@ class SearchService:
         else:
             instruction = served.document_instruction
         batch = self._tokenize(served, request.inputs, instruction, "input")
-        vectors = (await self._encode_batch(EncodeJob(served.encoder, batch)))
+        vectors = await self._encode_batch(EncodeJob(served.encoder, batch))
         return embeddings_response(vectors, request, name, sum(batch.n_tokens))
-
-    async def _encode(self, served: Served, texts, instruction: str | None, param: str):
-        return await self._encode_batch(EncodeJob(served.encoder, self._tokenize(served, texts, instruction, param)))
 
     @staticmethod
     def _tokenize(served: Served, texts, instruction: str | None, param: str):
