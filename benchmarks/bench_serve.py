@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 1], help="--max-batch-size values to compare")
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument("--replica-cpus", type=float, default=1.0)
+    p.add_argument("--max-padding", type=float, default=0.1, help="padding share a forward pass may hold")
     p.add_argument("--k", type=int, default=10)
     args = p.parse_args(argv)
 
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     try:
         for batch_size in args.batch_sizes:
             config = ServiceConfig(index=index, max_batch_size=batch_size, batch_wait_ms=args.batch_wait_ms,
-                                   replica_cpus=args.replica_cpus)
+                                   replica_cpus=args.replica_cpus, max_padding=args.max_padding)
             serve.run(build_app(config), name="bench", route_prefix="/")
             load(port, queries, 4, 20, args.k)  # warm up: first passes, connections
             for concurrency in args.concurrency:
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     batched, unbatched = by.get((max(args.batch_sizes), top)), by.get((1, top))
     ratio = round(batched["req_per_s"] / unbatched["req_per_s"], 2) if batched and unbatched else None
     print(json.dumps({
-        "bench": "serve", "index": index, "model": args.model or "default", "replica_cpus": args.replica_cpus,
+        "bench": "serve", "index": index, "model": args.model or "default", "replica_cpus": args.replica_cpus, "max_padding": args.max_padding,
         "batch_wait_ms": args.batch_wait_ms, "cpus": os.cpu_count(), "runs": runs,
         "batched_over_unbatched_at_top_concurrency": ratio,
         "goals": {"batched_2x": ratio is not None and ratio >= 2, "zero_errors": all(r["errors"] == 0 for r in runs),

@@ -290,6 +290,7 @@ def test_a_broken_new_version_is_refused_and_the_old_keeps_serving(service, dama
 
 
 # ---------------------------------------------------------------------- a crashed replica
+@pytest.mark.slow  # ~10-20 s: Serve notices the death, starts a process, loads the encoder again
 def test_a_killed_replica_is_restarted_and_later_requests_succeed(service):
     import signal
 

@@ -46,7 +46,7 @@ class SearchService:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _encode_batch(self, jobs: list[EncodeJob]):
         # the forward passes run in a thread: the replica keeps parsing the next requests meanwhile
-        return await asyncio.to_thread(encode_jobs, jobs, self.config.batch_tokens)
+        return await asyncio.to_thread(encode_jobs, jobs, self.config.batch_tokens, self.config.max_padding)
 
     # ------------------------------------------------------------------ routing
     async def __call__(self, request: Request) -> Response:
@@ -147,7 +147,7 @@ class SearchService:
             "last_reload_error": None if error is None else {"version": error.version, "error": error.error, "at": error.at},
             "model": self.config.served_model_name,
             "batching": {"max_batch_size": self.config.max_batch_size, "batch_wait_ms": self.config.batch_wait_ms,
-                         "batch_tokens": self.config.batch_tokens},
+                         "batch_tokens": self.config.batch_tokens, "max_padding": self.config.max_padding},
             "replica": {"pid": os.getpid()},
         }
         if served is not None:

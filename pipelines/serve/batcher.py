@@ -32,7 +32,7 @@ def merge(batches: list[TokenizedBatch]) -> TokenizedBatch:
     return merged
 
 
-def encode_jobs(jobs: list[EncodeJob], batch_tokens: int) -> list[np.ndarray]:
+def encode_jobs(jobs: list[EncodeJob], batch_tokens: int, max_padding: float) -> list[np.ndarray]:
     """One normalized float32 array per job, in job order."""
     results: list[np.ndarray | None] = [None] * len(jobs)
     by_encoder: dict[int, list[int]] = {}
@@ -41,7 +41,7 @@ def encode_jobs(jobs: list[EncodeJob], batch_tokens: int) -> list[np.ndarray]:
     for members in by_encoder.values():
         encoder = jobs[members[0]].encoder
         vectors = encoder.encode_tokenized(merge([jobs[i].batch for i in members]), batch_tokens=batch_tokens,
-                                           normalize=True)
+                                           max_padding=max_padding, normalize=True)
         start = 0
         for i in members:
             n = len(jobs[i].batch)

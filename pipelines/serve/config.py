@@ -20,6 +20,8 @@ class ServiceConfig(BaseModel):
     max_batch_size: int = Field(32, ge=1, description="requests that share one batch of forward passes")
     batch_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits for more requests")
     batch_tokens: int = Field(16384, ge=1, description="padded tokens per forward pass (as Encoder.encode)")
+    max_padding: float = Field(0.1, ge=0, le=1, description="padding share a forward pass may hold (as Encoder.encode; "
+                                                           "1.0 puts any lengths together)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key (none: no key)")
     poll_s: float = Field(2.0, gt=0, description="how often CURRENT is checked for a new version")
     served_model_name: str = Field("l2v", min_length=1, description="the `model` name of /v1/embeddings")
