@@ -7,7 +7,7 @@ The service follows the index: each new version the nightly job publishes is loa
 background and swapped in atomically. The same application runs under `serve run` or a Serve
 config file (deploy/kuberay/rayservice.yaml):
 
-    serve run pipelines.serve:build_app index=out/index
+    serve run pipelines.serve:build_app index=out/index      # or jobs.serve:build_app
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
+
+from pipelines.serve import build_app  # also importable from here for `serve run` / a Serve config file
 
 EXIT_CODES = """exit codes:
   0  stopped (Ctrl-C or SIGTERM)
@@ -91,8 +93,6 @@ def service_config(args: argparse.Namespace):
 def run(args: argparse.Namespace, config, version: str) -> None:
     import ray
     from ray import serve
-
-    from pipelines.serve import build_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     address = args.address or os.environ.get("RAY_ADDRESS")
