@@ -15,7 +15,7 @@ mkdir -p "$work/app"
 (cd "$repo" && cp -r pyproject.toml README.md l2v_core pipelines jobs deploy benchmarks "$work/app/")
 python3 -m venv "$work/venv"
 py="$work/venv/bin/python"
-(cd "$work/app" && bash deploy/install.sh "$py" -e "$work/app[jobs,eval]")
+(cd "$work/app" && bash deploy/install.sh "$py" -e "$work/app[jobs,eval,serve]")
 "$py" -c "import l2v_core, pipelines, faiss, ray; print('l2v-ray', ray.__version__)"
 (cd "$work" && HF_HUB_OFFLINE=1 "$py" -c "
 from l2v_core import Encoder

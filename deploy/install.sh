@@ -4,7 +4,7 @@
 #
 #   deploy/install.sh PYTHON PIP_ARGS...
 #   deploy/install.sh .venv/bin/python -e '.[dev]'            # what the Makefile runs
-#   deploy/install.sh python -e '/app[jobs,eval]'             # what the image runs
+#   deploy/install.sh python -e '/app[jobs,eval,serve]'             # what the image runs
 #
 # Environment: TORCH_SPEC (default torch==2.13.0) is installed first, from TORCH_INDEX_URL when set
 # (e.g. the CPU wheel index for a CPU image): a looser torch spec would let pip pull whatever torch

@@ -54,10 +54,12 @@ class CorpusIndex:
 
     @classmethod
     def open(cls, output: str | Path, *, version: str | None = None, encoder=None, model: str | None = None,
-             device: str | None = None) -> "CorpusIndex":
+             device: str | None = None, encoder_identity: dict | None = None) -> "CorpusIndex":
         """Load the published version of `output` (or `version`) and the encoder it names.
         Pass `encoder` to reuse one already loaded, or `model` for a moved copy of the same
-        weights (loaded with the manifest's settings); either must have the same identity."""
+        weights (loaded with the manifest's settings); either must have the same identity.
+        `encoder_identity`: the reused encoder's identity as computed when it was loaded (a used
+        encoder's tokenizer carries truncation state that changes its identity() hash)."""
         layout = OutputLayout(output)
         version_dir = layout.version_dir(version) if version else layout.current_dir()
         manifest = json.loads((version_dir / "manifest.json").read_text())
@@ -66,7 +68,7 @@ class CorpusIndex:
         apply_search_params(index, info.get("search_params", {}))
         id_map = pq.read_table(inside(version_dir, manifest["index"]["id_map"])).sort_by("faiss_id")
         encoder = encoder or _load_encoder(manifest, device, model)
-        _check_identity(encoder, manifest)
+        _check_identity(encoder_identity or encoder.identity(), manifest)
         return cls(version_dir, manifest, index, id_map, encoder)
 
     @property
@@ -139,9 +141,8 @@ def _load_encoder(manifest: dict, device: str | None, model: str | None = None):
                                    pooling=settings["pooling"], bidirectional=settings["bidirectional"])
 
 
-def _check_identity(encoder, manifest: dict) -> None:
+def _check_identity(actual: dict, manifest: dict) -> None:
     expected = manifest["encoder"]["identity"]
-    actual = encoder.identity()
     if actual != expected:
         differs = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
         raise ValueError(

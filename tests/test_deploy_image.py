@@ -50,7 +50,7 @@ def test_no_dead_autoscaling_settings_and_a_stated_time_zone(cronjob):
 def test_image_and_makefile_install_the_same_way():
     makefile = (REPO / "Makefile").read_text()
     assert "bash deploy/install.sh $(PY) -e '.[dev]'" in makefile
-    assert "bash deploy/install.sh python -e \"/app[jobs,eval]\"" in (DEPLOY / "Dockerfile").read_text()
+    assert "bash deploy/install.sh python -e \"/app[jobs,eval,serve]\"" in (DEPLOY / "Dockerfile").read_text()
     usage = subprocess.run(["bash", str(DEPLOY / "install.sh")], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
 
