@@ -13,6 +13,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from .layout import MANIFEST, QUARANTINE_FILE
 
 FORMAT = "l2v-embed/1"
@@ -63,6 +65,25 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, in
         "throughput": throughput,
         "timings_s": timings,
     }
+
+
+def missing_parts(version_dir: Path, manifest: dict) -> tuple[list[str], list[str]]:
+    """(damaged vectors, other missing parts) of a complete version: what the manifest names but
+    the folder lacks. The vectors count as damaged when a file cannot be read or their rows differ
+    from the manifest's (parquet footers only: no vector is read)."""
+    vectors_dir = version_dir / manifest["vectors"]["dir"]
+    files = sorted(vectors_dir.glob("*.parquet")) if vectors_dir.is_dir() else []
+    vectors = []
+    try:
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows != manifest["vectors"]["rows"] or (not files and manifest["vectors"]["rows"]):
+            vectors.append(f"{vectors_dir} holds {rows} vectors, the manifest {manifest['vectors']['rows']}")
+    except Exception as err:  # noqa: BLE001 - any unreadable footer means damaged vectors
+        vectors.append(f"a vectors file in {vectors_dir} cannot be read ({err})")
+    named = [manifest["index"]["file"], manifest["index"]["id_map"], manifest["index"]["info"],
+             manifest["quarantine"]["file"]]
+    others = [f"{name} is missing" for name in named if not (version_dir / name).is_file()]
+    return vectors, others
 
 
 def write_manifest(version_dir: Path, manifest: dict) -> Path:
