@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from pipelines.cli import EXIT_LOCKED, UsageError, job_parser, run_job, show_config_defaults
 
@@ -82,9 +83,13 @@ def config_from_args(args: argparse.Namespace):
 def run(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it loads: noise for users
+    cfg = config_from_args(args)
+    for item in cfg.input:  # a local path that is not there fails now, before Ray and torch are imported
+        if "://" not in item and not any(ch in item for ch in "*?[") and not Path(item).expanduser().exists():
+            raise UsageError(f"input {item} does not exist; give a .parquet file, a folder holding some, or a glob")
     from pipelines.embed import BadFileError, run_embed
 
-    cfg = config_from_args(args)
     try:
         result = run_embed(cfg)
     except (BadFileError, ValueError) as err:

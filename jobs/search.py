@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from pipelines.cli import UsageError, job_parser, run_job
 
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     for number, query in enumerate(args.query, start=1):
         if not query.strip():
             raise UsageError(f"query {number} is empty: give some text to search for")
+    if not Path(args.index).is_dir():
+        raise UsageError(f"--index {args.index} is not a folder: give the --output folder of l2v-embed "
+                         f"(jobs/embed_corpus.py)")
     return args
 
 

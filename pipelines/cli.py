@@ -96,6 +96,8 @@ def job_parser(doc: str | None, *, exit_codes: dict[int, str] | None = None, **k
     epilog = "exit codes:\n" + "\n".join(
         textwrap.fill(codes[code], width=100, initial_indent=f"  {code}  ", subsequent_indent="     ")
         for code in sorted(codes))
+    # allow_abbrev=False: a misspelt flag (--skip for --skip-adapt) is an error, never a guess
+    kwargs.setdefault("allow_abbrev", False)
     return JobArgumentParser(description=doc, epilog=epilog, formatter_class=HelpFormatter, **kwargs)
 
 
