@@ -48,7 +48,7 @@ import os
 import sys
 import textwrap
 import traceback
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1

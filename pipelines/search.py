@@ -64,7 +64,8 @@ class CorpusIndex:
         info = _read_part(version_dir, manifest["index"]["info"], lambda path: json.loads(path.read_text()))
         index = _read_part(version_dir, manifest["index"]["file"], lambda path: faiss.read_index(str(path)))
         apply_search_params(index, info.get("search_params", {}))
-        id_map = _read_part(version_dir, manifest["index"]["id_map"], lambda path: pq.read_table(path).sort_by("faiss_id"))
+        id_map = _read_part(version_dir, manifest["index"]["id_map"],
+                            lambda path: pq.read_table(path).sort_by("faiss_id"))
         encoder = encoder or _load_encoder(manifest, device, model)
         _check_identity(encoder, manifest)
         return cls(version_dir, manifest, index, id_map, encoder)

@@ -12,6 +12,8 @@ from embed_helpers import clean_texts, small_config, write_corpus
 
 from jobs import embed_corpus
 from pipelines.embed import OutputLayout, run_embed
+from pipelines.embed.incremental import REUSED_FILE
+from pipelines.embed.manifest import missing_parts
 from pipelines.embed.scan import Columns, scan_file
 from pipelines.search import CorpusIndex
 from pipelines.sources import list_parquet_files
@@ -98,11 +100,12 @@ def test_an_incremental_run_repairs_a_published_version_missing_its_index(publis
     assert result.counts["rows_reused"] == N and result.counts["rows_embedded"] == 0  # the vectors were whole
     assert "index.faiss" in result.manifest["incremental"]["decision"]
     assert CorpusIndex.open(output).search(clean_texts(N)[2], k=1)[0][0].id == "doc2"
-    # vectors gone: nothing can be reused, everything is embedded again
-    shutil.rmtree(layout.version_dir(result.version) / "vectors")
-    again = run_embed(small_config(corpus, output, tiny_encoder_dir, incremental=True))
-    assert again.published and again.counts["rows_embedded"] == N and again.counts["rows_reused"] == 0
-    assert CorpusIndex.open(output).search(clean_texts(N)[4], k=1)[0][0].id == "doc4"
+    # damaged vectors are never reused (the run then embeds everything, as for another encoder)
+    version_dir = layout.version_dir(result.version)
+    assert missing_parts(version_dir, result.manifest) == ([], [])
+    (version_dir / "vectors" / REUSED_FILE).unlink()  # every vector of this version was reused
+    damaged, _ = missing_parts(version_dir, result.manifest)
+    assert damaged and f"the manifest {N}" in damaged[0]
 
 
 # ------------------------------------------------------------------ 5. --output is a file
@@ -110,7 +113,8 @@ def test_output_naming_a_file_is_a_usage_error(tiny_encoder_dir, tmp_path, capsy
     corpus = write_corpus(tmp_path / "c", n=2, files=1)
     (tmp_path / "taken").write_text("a file")
     for output in (tmp_path / "taken", tmp_path / "taken" / "sub"):
-        assert embed_corpus.main(["--input", str(corpus), "--output", str(output), "--model", str(tiny_encoder_dir)]) == 2
+        args = ["--input", str(corpus), "--output", str(output), "--model", str(tiny_encoder_dir)]
+        assert embed_corpus.main(args) == 2
         err = capsys.readouterr().err
         assert "is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -146,8 +146,8 @@ class OutputLayout:
             raise DamagedOutputError(f"{path} is missing: the version is incomplete; {REPAIR}") from None
         except (OSError, ValueError) as err:
             raise DamagedOutputError(f"{path} is not valid JSON ({err}): the output is damaged; {REPAIR}") from None
-        if not isinstance(manifest, dict) or "version" not in manifest:
-            raise DamagedOutputError(f"{path} is not a manifest (no 'version' field): the output is damaged; {REPAIR}")
+        if not isinstance(manifest, dict):
+            raise DamagedOutputError(f"{path} is not a manifest (not a JSON object): the output is damaged; {REPAIR}")
         return manifest
 
     def publish(self, name: str) -> None:

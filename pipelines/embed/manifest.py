@@ -71,18 +71,19 @@ def missing_parts(version_dir: Path, manifest: dict) -> tuple[list[str], list[st
     """(damaged vectors, other missing parts) of a complete version: what the manifest names but
     the folder lacks. The vectors count as damaged when a file cannot be read or their rows differ
     from the manifest's (parquet footers only: no vector is read)."""
-    vectors_dir = version_dir / manifest["vectors"]["dir"]
+    vectors_dir = version_dir / manifest["vectors"].get("dir", "vectors")
     files = sorted(vectors_dir.glob("*.parquet")) if vectors_dir.is_dir() else []
+    expected = manifest["vectors"].get("rows")
     vectors = []
     try:
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        if rows != manifest["vectors"]["rows"] or (not files and manifest["vectors"]["rows"]):
-            vectors.append(f"{vectors_dir} holds {rows} vectors, the manifest {manifest['vectors']['rows']}")
+        if rows != expected and expected is not None:
+            vectors.append(f"{vectors_dir} holds {rows} vectors, the manifest {expected}")
     except Exception as err:  # noqa: BLE001 - any unreadable footer means damaged vectors
         vectors.append(f"a vectors file in {vectors_dir} cannot be read ({err})")
-    named = [manifest["index"]["file"], manifest["index"]["id_map"], manifest["index"]["info"],
-             manifest["quarantine"]["file"]]
-    others = [f"{name} is missing" for name in named if not (version_dir / name).is_file()]
+    index, quarantine = manifest.get("index", {}), manifest.get("quarantine", {})
+    named = [index.get("file"), index.get("id_map"), index.get("info"), quarantine.get("file")]
+    others = [f"{name} is missing" for name in named if name and not (version_dir / name).is_file()]
     return vectors, others
 
 

@@ -27,5 +27,6 @@ def check_room_for_text(cfg: EmbedConfig) -> None:
         used = len(tokenizer(f"{(instruction or '').strip()} ", add_special_tokens=True)["input_ids"])
         raise ValueError(
             f"--max-length {max_length} leaves no room for the text: the instruction {instruction!r} and the special "
-            f"tokens already take {used} tokens; raise --max-length or shorten --instruction (--instruction '' for none)"
+            f"tokens already take {used} tokens; raise --max-length or shorten --instruction "
+            f"(--instruction '' for none)"
         ) from None

@@ -82,15 +82,15 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         faults.point("after_scan")
         if cfg.incremental and previous and plan.rows_to_embed == 0:
             _refuse_to_delete_everything(layout, previous, plan)
-        if plan.rows_to_embed == 0:
-            logger.warning("no document to embed (%d rows read, %d quarantined): publishing a version with no "
-                           "vectors and the quarantine", plan.rows_read, plan.quarantine.num_rows)
         if cfg.incremental and previous and not has_changes(plan, reuse):
             print(f"no changes since the published version {previous}: nothing embedded, nothing published")
             layout.prune(cfg.keep_versions)  # leftovers of interrupted runs: nothing in them is needed
             manifest = layout.read_manifest(previous)
             return EmbedResult(previous, layout.version_dir(previous), manifest, published=False,
                                run_counts=_unchanged_counts(plan, reuse, manifest["counts"]))
+        if plan.rows_to_embed == 0:
+            logger.warning("no document to embed (%d rows read, %d quarantined): publishing a version with no "
+                           "vectors, and the quarantine", plan.rows_read, plan.quarantine.num_rows)
 
         version, version_dir = layout.new_version()
         write_run_record(version_dir, identity, cfg.store_text)  # before any vector: makes them salvageable
@@ -144,7 +144,10 @@ def _published(layout: OutputLayout, incremental: bool) -> str | None:
     """The published version. A full run needs nothing from it, so a damaged CURRENT only
     stops an incremental run (the error names the file and says a full run recovers)."""
     try:
-        return layout.current()
+        name = layout.current()
+        if incremental and name:
+            layout.read_manifest(name)  # unreadable: stop now, before the encoder loads and the scan runs
+        return name
     except DamagedOutputError as err:
         if incremental:
             raise
