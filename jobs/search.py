@@ -33,7 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--index", required=True, help="output folder of jobs/embed_corpus.py (l2v-embed)")
     p.add_argument("--query", action="append", required=True, help="query text (repeat for several)")
     p.add_argument("--k", type=int, default=10, help="hits per query")
-    p.add_argument("--instruction", default=None, help="instruction before each query (default: the encoder's 'query' one)")
+    p.add_argument("--instruction", default=None,
+                   help="instruction before each query (default: the encoder's 'query' one)")
     p.add_argument("--model", help="encoder folder, when it moved since the index was built")
     p.add_argument("--json", action="store_true", help="one JSON object per query")
     args = p.parse_args(argv)
