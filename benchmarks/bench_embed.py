@@ -53,8 +53,7 @@ def scifact_parquet(out: Path, limit: int | None) -> Path:
 
 
 def sample_parquet(out: Path, limit: int | None) -> Path:
-    sys.path.insert(0, str(REPO / "jobs"))
-    from demo import step_build_corpus
+    from jobs.demo import step_build_corpus
 
     return step_build_corpus(out, limit or 1000)
 

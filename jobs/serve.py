@@ -20,25 +20,14 @@ import sys
 import threading
 from pathlib import Path
 
+from pipelines.cli import UsageError, job_parser, run_job
 from pipelines.serve import build_app  # also importable from here for `serve run` / a Serve config file
 
-EXIT_CODES = """exit codes:
-  0  stopped (Ctrl-C or SIGTERM)
-  1  internal error (the message says what failed)
-  2  usage error: a bad flag, no published version at --index, --model missing, the API key variable unset"""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, and the epilog's lines kept as written."""
-
-
-class UsageError(Exception):
-    """A mistake in the command line: exit code 2 with one line."""
+EXIT_CODES = {0: "stopped (Ctrl-C or SIGTERM)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXIT_CODES,
-                                formatter_class=HelpFormatter)
+    p = job_parser(__doc__.split("\n\n")[0], exit_codes=EXIT_CODES)
     p.add_argument("--index", required=True, help="output folder of jobs/embed_corpus.py (its CURRENT version is served)")
     p.add_argument("--model", default=None, help="encoder folder, when it moved since the index was built")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines: set an API key)")
@@ -117,19 +106,15 @@ def run(args: argparse.Namespace, config, version: str) -> None:
         ray.shutdown()
 
 
-def main(argv=None) -> int:
+def serve_job(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        config, version = service_config(args)
-        run(args, config, version)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - one clear line, the traceback only in the log
-        logging.getLogger(__name__).debug("failed", exc_info=True)
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    config, version = service_config(args)
+    run(args, config, version)
     return 0
+
+
+def main(argv=None) -> int:  # [project.scripts] l2v-serve
+    return run_job(serve_job, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.embed.index_build import apply_search_params
-from pipelines.embed.layout import OutputLayout, inside
+from pipelines.embed.layout import REPAIR, DamagedOutputError, OutputLayout, inside
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,12 @@ class CorpusIndex:
         encoder's tokenizer carries truncation state that changes its identity() hash)."""
         layout = OutputLayout(output)
         version_dir = layout.version_dir(version) if version else layout.current_dir()
-        manifest = json.loads((version_dir / "manifest.json").read_text())
-        info = json.loads(inside(version_dir, manifest["index"]["info"]).read_text())
-        index = faiss.read_index(str(inside(version_dir, manifest["index"]["file"])))
+        manifest = layout.read_manifest(version_dir.name)
+        info = _read_part(version_dir, manifest["index"]["info"], lambda path: json.loads(path.read_text()))
+        index = _read_part(version_dir, manifest["index"]["file"], lambda path: faiss.read_index(str(path)))
         apply_search_params(index, info.get("search_params", {}))
-        id_map = pq.read_table(inside(version_dir, manifest["index"]["id_map"])).sort_by("faiss_id")
+        id_map = _read_part(version_dir, manifest["index"]["id_map"],
+                            lambda path: pq.read_table(path).sort_by("faiss_id"))
         encoder = encoder or _load_encoder(manifest, device, model)
         _check_identity(encoder_identity or encoder.identity(), manifest)
         return cls(version_dir, manifest, index, id_map, encoder)
@@ -77,8 +78,14 @@ class CorpusIndex:
 
     def search(self, queries: str | Sequence[str], k: int = 10, instruction: str | None = None,
                with_text: bool = True) -> list[list[Hit]]:
-        """Top-k hits per query (a single string gives a list of one)."""
+        """Top-k hits per query (a single string gives a list of one). Arguments are checked
+        before the model runs."""
         queries = [queries] if isinstance(queries, str) else list(queries)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        empty = [i for i, q in enumerate(queries) if not isinstance(q, str) or not q.strip()]
+        if empty:
+            raise ValueError(f"query {empty[0]} (0-based) is empty or not a string: give some text to search for")
         if instruction is None:
             instruction = self.encoder.settings.instructions.get("query")
         vectors = self.encoder.encode(queries, instruction or None, normalize=True)
@@ -118,6 +125,19 @@ class CorpusIndex:
                     if starts[group] <= row < starts[group + 1]:
                         texts[pos] = column[row - int(starts[group])].as_py()
         return texts
+
+
+def _read_part(version_dir: Path, name: str, read):
+    """One file of a version, read with `read(path)`; a missing or unreadable one is a
+    DamagedOutputError naming it."""
+    path = inside(version_dir, name)
+    if not path.is_file():
+        raise DamagedOutputError(f"{path} is missing: version {version_dir.name} is incomplete; {REPAIR}")
+    try:
+        return read(path)
+    except Exception as err:  # noqa: BLE001 - faiss, pyarrow and json each raise their own types
+        raise DamagedOutputError(f"{path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:200]}): "
+                                 f"the output is damaged; {REPAIR}") from err
 
 
 def search(output: str | Path, query: str, k: int = 10, instruction: str | None = None, *, encoder=None) -> list[Hit]:

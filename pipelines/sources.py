@@ -43,14 +43,17 @@ def list_parquet_files(inputs: list[str]) -> list[str]:
 
 
 def _expand(item: str) -> list[str]:
+    """An existing path is taken literally before any glob expansion: a folder named
+    `corp[1]` is that folder, not the glob that would match `corp1`."""
     has_glob = any(ch in item for ch in "*?[")
-    if "://" not in item and has_glob:
-        paths = globlib.glob(str(Path(item).expanduser()), recursive=True)
-        return [p for path in paths for p in _expand(str(Path(path).resolve()))]
-    if has_glob:
+    info = _info(item) if has_glob else None
+    if has_glob and (info is None or info.type == pafs.FileType.NotFound):
+        if "://" not in item:
+            paths = globlib.glob(str(Path(item).expanduser()), recursive=True)
+            return [p for path in paths for p in _expand(str(Path(path).resolve()))]
         return _expand_remote_glob(item)
     fs, path = filesystem_of(item)
-    info = fs.get_file_info(path)
+    info = info or fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return [_as_uri(fs, path, item)]
     if info.type == pafs.FileType.Directory:
@@ -61,6 +64,15 @@ def _expand(item: str) -> list[str]:
             if f.type == pafs.FileType.File and f.path.endswith(".parquet") and not _hidden(f.path, path)
         ]
     return []
+
+
+def _info(item: str) -> pafs.FileInfo | None:
+    """What the path names literally, or None when it cannot be asked (a glob is no valid URI)."""
+    try:
+        fs, path = filesystem_of(item)
+        return fs.get_file_info(path)
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for a pattern it cannot parse
+        return None
 
 
 def _expand_remote_glob(item: str) -> list[str]:

@@ -1,6 +1,5 @@
 """Every shipped YAML validates; typos and bad values are errors; the CLI overrides apply."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").glob
 
 
 def _adapt_module():
-    spec = importlib.util.spec_from_file_location("adapt_job", Path(__file__).resolve().parents[1] / "jobs" / "adapt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from jobs import adapt
+
+    return adapt
 
 
 def test_there_are_quick_and_paper_profiles():
@@ -60,5 +58,7 @@ def test_command_line_overrides_the_profile():
 
 def test_unknown_profile_lists_the_known_ones():
     adapt = _adapt_module()
-    with pytest.raises(SystemExit, match="quick"):
+    from pipelines.cli import UsageError
+
+    with pytest.raises(UsageError, match="quick"):
         adapt.build_config(adapt.parse_args(["--corpus", "c", "--output", "o", "--profile", "nope"]))

@@ -112,12 +112,8 @@ def test_read_tokenize_embed_stages_on_a_table(tmp_path, tiny_encoder_dir):
 
 
 def test_embed_job_exit_codes(tmp_path):
-    import importlib.util
-    from pathlib import Path
+    from jobs import embed_corpus as job
 
-    spec = importlib.util.spec_from_file_location("embed_job", Path(__file__).resolve().parents[1] / "jobs" / "embed_corpus.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     corpus = _write(tmp_path / "a.parquet", doc_id=["1"], body=["x"])
     assert job.main(["--input", corpus, "--output", str(tmp_path / "out")]) == 2  # missing id/text columns
     assert job.main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "out")]) == 2

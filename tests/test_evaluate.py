@@ -1,7 +1,6 @@
 """jobs/evaluate.py and pipelines/evaluation: metrics by hand, readers, a tiny end-to-end run, and
 the proof that the evaluation is right: all-MiniLM-L6-v2 reproduces its published STS-B figure."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,16 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs import evaluate as evaluate_job
 from pipelines.evaluation import evaluate_scifact, evaluate_stsb, load_scifact, load_stsb, ndcg_at_k, spearman
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _evaluate_main(argv):
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return evaluate_job.run(argv)  # the report; `main` wraps it into exit codes
 
 
 @pytest.fixture

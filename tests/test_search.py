@@ -1,16 +1,14 @@
 """Search a published output: each document finds itself; the CLI prints the same as JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from embed_helpers import clean_texts, small_config, write_corpus
 
+from jobs import search as job
 from pipelines.embed import NoPublishedVersionError, run_embed
 from pipelines.search import CorpusIndex, search
 
-REPO = Path(__file__).resolve().parents[1]
 N = 30
 
 
@@ -45,9 +43,6 @@ def test_search_function_and_encoder_mismatch(published, tiny_encoder_dir, tmp_p
 
 
 def test_search_cli_json(published, capsys):
-    spec = importlib.util.spec_from_file_location("search_job", REPO / "jobs" / "search.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     assert job.main(["--index", str(published), "--query", clean_texts(N)[2], "--query", clean_texts(N)[9],
                      "--k", "2", "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -61,9 +56,67 @@ def test_search_cli_with_a_moved_encoder_keeps_the_index_settings(ray_session, t
     corpus = write_corpus(tmp_path / "corpus", n=10, files=1, prefix="m")
     run_embed(small_config(corpus, tmp_path / "out", tiny_encoder_dir, max_length=24))  # not the encoder's own
     moved = shutil.copytree(tiny_encoder_dir, tmp_path / "moved-encoder")
-    spec = importlib.util.spec_from_file_location("search_job", REPO / "jobs" / "search.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     assert job.main(["--index", str(tmp_path / "out"), "--query", clean_texts(10)[4], "--k", "1", "--json",
                      "--model", str(moved)]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["hits"][0]["id"] == "m4"
+
+
+# ------------------------------------------------------------------ issue 11: errors as one line, exit 2
+def _search_job(argv, capsys):
+    code = job.main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return code, err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--k", "0"], "--k must be at least 1"), (["--k", "-1"], "--k must be at least 1"),
+    (["--query", ""], "query 2 is empty"), (["--query", " \n"], "query 2 is empty"),
+])
+def test_search_arguments_are_checked_before_anything_loads(flags, message, tmp_path, capsys):
+    # the index does not exist: the argument error must come first, before any file or model is read
+    code, err = _search_job(["--index", str(tmp_path / "nowhere"), "--query", "q", *flags], capsys)
+    assert code == 2 and message in err
+
+
+def _damage(published, tmp_path, how):
+    import shutil
+
+    from pipelines.embed import OutputLayout
+
+    output = shutil.copytree(published, tmp_path / "out")
+    version_dir = OutputLayout(output).current_dir()
+    if how == "no CURRENT":
+        (output / "CURRENT").unlink()
+        return output, "no published version"
+    if how == "garbage CURRENT":
+        (output / "CURRENT").write_text("../../etc\n")
+        return output, f"{output / 'CURRENT'}"
+    if how == "empty CURRENT":
+        (output / "CURRENT").write_text("")
+        return output, f"{output / 'CURRENT'} is empty"
+    if how == "missing version":
+        shutil.rmtree(version_dir)
+        return output, f"{version_dir}"
+    if how == "corrupt manifest":
+        (version_dir / "manifest.json").write_text("{not json")
+        return output, f"{version_dir / 'manifest.json'}"
+    (version_dir / "index.faiss").unlink()
+    return output, f"{version_dir / 'index.faiss'}"
+
+
+@pytest.mark.parametrize("how", ["no CURRENT", "garbage CURRENT", "empty CURRENT", "missing version",
+                                 "corrupt manifest", "missing index.faiss"])
+def test_a_damaged_index_is_one_line_naming_the_file(published, tmp_path, capsys, how):
+    output, named = _damage(published, tmp_path, how)
+    code, err = _search_job(["--index", str(output), "--query", "q"], capsys)
+    assert code == 2 and named in err
+    assert "jobs/embed_corpus.py" in err or "l2v-embed" in err  # says how to get a whole index back
+
+
+def test_plain_output_keeps_each_hit_on_one_line():
+    from pipelines.search import Hit
+
+    line = job.format_hit(Hit(1, "two\nlines", 0.5, "some\ntext"))
+    assert "\n" not in line and "'two\\nlines'" in line and "some text" in line
+    assert job.format_hit(Hit(2, "plain-id", 0.25)).split() == ["2.", "0.2500", "plain-id"]

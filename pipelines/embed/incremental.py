@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .layout import QUARANTINE_FILE, OutputLayout
+from .manifest import missing_parts
 from .scan import Plan
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Reuse:
     reason: str = ""
     salvaged_from: list[str] = field(default_factory=list)  # interrupted runs that rows were taken from
     skipped_files: list[str] = field(default_factory=list)  # unreadable files of interrupted runs
+    repair: str = ""  # the published version lacks a part besides its vectors: publish anew, index rebuilt
 
     @property
     def rows(self) -> int:
@@ -97,7 +99,7 @@ def plan_reuse(plan: Plan, layout: OutputLayout, previous: str | None, identity:
     reuse = Reuse()
     sources: list[_Source] = []
     if incremental:
-        published, reuse.reason = _published_source(layout, previous, identity, store_text)
+        published, reuse.reason, reuse.repair = _published_source(layout, previous, identity, store_text)
         if published is not None:
             reuse.previous_dir = layout.version_dir(previous)
             sources.append(_Source(previous, published, published=True))
@@ -113,6 +115,8 @@ def plan_reuse(plan: Plan, layout: OutputLayout, previous: str | None, identity:
         reuse.rows_deleted = _deleted(candidates, plan, sources)
         reuse.reason = (f"reusing {len(reuse.published_ids):,} unchanged vectors from {previous}; "
                         f"{reuse.rows_deleted:,} ids deleted")
+        if reuse.repair:
+            reuse.reason += f"; {reuse.repair}"
     if reuse.rows_salvaged:
         reuse.reason += (f"; salvaging {reuse.rows_salvaged:,} vectors an interrupted run wrote "
                          f"({', '.join(reuse.salvaged_from)})")
@@ -120,17 +124,29 @@ def plan_reuse(plan: Plan, layout: OutputLayout, previous: str | None, identity:
 
 
 def _published_source(layout: OutputLayout, previous: str | None, identity: dict,
-                      store_text: bool) -> tuple[list[Path] | None, str]:
+                      store_text: bool) -> tuple[list[Path] | None, str, str]:
+    """(the published vectors files to reuse or None, why, what needs repair). A published
+    version missing a part is never trusted as it is: whole vectors are reused and the rest
+    rebuilt into a new version; damaged vectors are embedded again."""
     if previous is None:
-        return None, "no published version yet: embedding everything"
+        return None, "no published version yet: embedding everything", ""
     manifest = layout.read_manifest(previous)
     if manifest.get("vector_identity") != identity:
         changed = sorted(k for k in identity if manifest.get("vector_identity", {}).get(k) != identity[k])
         return None, (f"the published version {previous} was made with a different {', '.join(changed)}: "
-                      f"re-embedding everything")
+                      f"re-embedding everything"), ""
     if ("text" in manifest["vectors"]["columns"]) != store_text:
-        return None, f"store_text changed since {previous}: re-embedding everything"
-    return vector_files_of(layout.version_dir(previous)), ""
+        return None, f"store_text changed since {previous}: re-embedding everything", ""
+    damaged_vectors, missing = missing_parts(layout.version_dir(previous), manifest)
+    if damaged_vectors:
+        logger.warning("the published version %s is damaged: %s", previous, "; ".join(damaged_vectors + missing))
+        return None, (f"the published version {previous} is damaged ({'; '.join(damaged_vectors)}): "
+                      f"re-embedding everything"), ""
+    repair = ""
+    if missing:
+        repair = f"the published version {previous} is incomplete ({', '.join(missing)}): publishing a whole new one"
+        logger.warning(repair)
+    return vector_files_of(layout.version_dir(previous)), "", repair
 
 
 def _interrupted_runs(layout: OutputLayout, previous: str | None, identity: dict, store_text: bool) -> list[str]:
@@ -256,7 +272,7 @@ def _rows_of(path: Path, rows: np.ndarray, batch_rows: int = 16384):
 
 def has_changes(plan: Plan, reuse: Reuse) -> bool:
     """False when the input adds, changes and deletes nothing and quarantines the same rows."""
-    if reuse.previous_dir is None:  # nothing published (with the same vector identity) to compare with
+    if reuse.previous_dir is None or reuse.repair:  # nothing whole (of the same vector identity) to compare with
         return True
     nothing_to_embed = not any(k.any() for k in plan.keep)
     if not nothing_to_embed or reuse.rows_salvaged or reuse.rows_deleted:

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..cli import LockHeldError
+
 logger = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"
@@ -42,12 +44,21 @@ STALE_AFTER_S = 600  # a lock whose heartbeat stopped this long ago is stale, wh
 VERSION_NAME = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 
 
-class LockedError(RuntimeError):
-    """Another run holds the output's lock."""
+class LockedError(LockHeldError):
+    """Another run holds the output's lock (jobs exit with code 3)."""
 
 
 class NoPublishedVersionError(FileNotFoundError):
     """The output folder has no published version yet."""
+
+
+class DamagedOutputError(ValueError):
+    """CURRENT, the version it names or that version's manifest cannot be read."""
+
+
+# What to do about a damaged published version: a full run never needs it.
+REPAIR = ("a full run (jobs/embed_corpus.py or l2v-embed, without --incremental) embeds everything again "
+          "and publishes a whole new version")
 
 
 def inside(root: Path, *parts: str) -> Path:
@@ -64,6 +75,10 @@ class OutputLayout:
         if "://" in str(root):
             raise ValueError(f"--output must be a local or shared (NFS) folder, not {root}: publishing renames a file")
         self.root = Path(root).expanduser().resolve()
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"{existing} is a file, so {self.root} cannot be an output folder: "
+                             f"name a folder (it is created when missing)")
 
     # -------------------------------------------------------------- versions
     @property
@@ -93,14 +108,24 @@ class OutputLayout:
 
     # -------------------------------------------------------------- CURRENT
     def current(self) -> str | None:
-        """The published version's name, or None before the first publish."""
+        """The published version's name, or None before the first publish. Raises
+        DamagedOutputError, naming the file, when CURRENT does not lead to a complete version."""
         path = self.root / CURRENT
         if not path.is_file():
             return None
-        name = path.read_text().strip()
-        version = self.version_dir(name)  # validates the name
+        name = path.read_text(errors="replace").strip()
+        if not name:
+            raise DamagedOutputError(f"{path} is empty: the output is damaged; {REPAIR}")
+        if not VERSION_NAME.match(name):
+            raise DamagedOutputError(f"{path} holds {name[:80]!r}, which is not a version name: the output is "
+                                     f"damaged; {REPAIR}")
+        version = self.version_dir(name)
+        if not version.is_dir():
+            raise DamagedOutputError(f"{path} names {name}, but the folder {version} is missing: the output is "
+                                     f"damaged; {REPAIR}")
         if not (version / MANIFEST).is_file():
-            raise FileNotFoundError(f"{path} names {name}, but {version / MANIFEST} is missing: the output is damaged")
+            raise DamagedOutputError(f"{path} names {name}, but {version / MANIFEST} is missing: the output is "
+                                     f"damaged; {REPAIR}")
         return name
 
     def current_dir(self) -> Path:
@@ -112,8 +137,18 @@ class OutputLayout:
         return self.version_dir(name)
 
     def read_manifest(self, name: str | None = None) -> dict:
-        version = self.version_dir(name) if name else self.current_dir()
-        return json.loads((version / MANIFEST).read_text())
+        """A version's manifest (the published one by default); DamagedOutputError names the file
+        when it cannot be read."""
+        path = (self.version_dir(name) if name else self.current_dir()) / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DamagedOutputError(f"{path} is missing: the version is incomplete; {REPAIR}") from None
+        except (OSError, ValueError) as err:
+            raise DamagedOutputError(f"{path} is not valid JSON ({err}): the output is damaged; {REPAIR}") from None
+        if not isinstance(manifest, dict):
+            raise DamagedOutputError(f"{path} is not a manifest (not a JSON object): the output is damaged; {REPAIR}")
+        return manifest
 
     def publish(self, name: str) -> None:
         """Atomically point CURRENT at `name` (which must be complete)."""

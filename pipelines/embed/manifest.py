@@ -13,6 +13,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from .layout import MANIFEST, QUARANTINE_FILE
 
 FORMAT = "l2v-embed/1"
@@ -63,6 +65,26 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, in
         "throughput": throughput,
         "timings_s": timings,
     }
+
+
+def missing_parts(version_dir: Path, manifest: dict) -> tuple[list[str], list[str]]:
+    """(damaged vectors, other missing parts) of a complete version: what the manifest names but
+    the folder lacks. The vectors count as damaged when a file cannot be read or their rows differ
+    from the manifest's (parquet footers only: no vector is read)."""
+    vectors_dir = version_dir / manifest["vectors"].get("dir", "vectors")
+    files = sorted(vectors_dir.glob("*.parquet")) if vectors_dir.is_dir() else []
+    expected = manifest["vectors"].get("rows")
+    vectors = []
+    try:
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows != expected and expected is not None:
+            vectors.append(f"{vectors_dir} holds {rows} vectors, the manifest {expected}")
+    except Exception as err:  # noqa: BLE001 - any unreadable footer means damaged vectors
+        vectors.append(f"a vectors file in {vectors_dir} cannot be read ({err})")
+    index, quarantine = manifest.get("index", {}), manifest.get("quarantine", {})
+    named = [index.get("file"), index.get("id_map"), index.get("info"), quarantine.get("file")]
+    others = [f"{name} is missing" for name in named if name and not (version_dir / name).is_file()]
+    return vectors, others
 
 
 def write_manifest(version_dir: Path, manifest: dict) -> Path:

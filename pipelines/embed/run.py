@@ -25,8 +25,9 @@ from .config import EmbedConfig
 from .incremental import Reuse, copy_reused, has_changes, plan_reuse, write_run_record
 from .index_build import build_index
 from .index_update import plan_index_update, update_index
-from .layout import QUARANTINE_FILE, OutputLayout, sync_tree
+from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree
 from .manifest import build_manifest, vector_identity, write_manifest
+from .preflight import check_room_for_text
 from .ray_steps import describe_encoder, effective_instruction, embed_planned_rows, ensure_ray, placement, scan_files
 from .scan import Columns, Plan, check_columns, open_parquet, plan_rows
 from ..sources import list_parquet_files
@@ -34,6 +35,9 @@ from .stages import read_actor_stats, vectors_schema
 
 logger = logging.getLogger(__name__)
 
+
+class WouldDeleteEverythingError(ValueError):
+    """An incremental run found no document to embed while the published version holds some."""
 
 
 @dataclass
@@ -56,9 +60,10 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
     columns = Columns(cfg.id_column, cfg.text_column, cfg.title_column)
     files = list_parquet_files(cfg.input)
     _check_first_file(files[0], columns)
+    check_room_for_text(cfg)
     with layout.lock():
         ensure_ray()
-        previous = layout.current()
+        previous = _published(layout, cfg.incremental)
         where = placement(cfg)
         encoder_ref = describe_encoder(cfg, where)
         logger.info("scanning %d file(s)", len(files))
@@ -75,12 +80,17 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         logger.info("%d rows read: %d to embed, %d reused, %d quarantined", plan.rows_read,
                     plan.rows_to_embed - reuse.rows, reuse.rows, plan.quarantine.num_rows)
         faults.point("after_scan")
+        if cfg.incremental and previous and plan.rows_to_embed == 0:
+            _refuse_to_delete_everything(layout, previous, plan)
         if cfg.incremental and previous and not has_changes(plan, reuse):
             print(f"no changes since the published version {previous}: nothing embedded, nothing published")
             layout.prune(cfg.keep_versions)  # leftovers of interrupted runs: nothing in them is needed
             manifest = layout.read_manifest(previous)
             return EmbedResult(previous, layout.version_dir(previous), manifest, published=False,
                                run_counts=_unchanged_counts(plan, reuse, manifest["counts"]))
+        if plan.rows_to_embed == 0:
+            logger.warning("no document to embed (%d rows read, %d quarantined): publishing a version with no "
+                           "vectors, and the quarantine", plan.rows_read, plan.quarantine.num_rows)
 
         version, version_dir = layout.new_version()
         write_run_record(version_dir, identity, cfg.store_text)  # before any vector: makes them salvageable
@@ -130,6 +140,41 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
     return result
 
 
+def _published(layout: OutputLayout, incremental: bool) -> str | None:
+    """The published version. A full run needs nothing from it, so a damaged CURRENT only
+    stops an incremental run (the error names the file and says a full run recovers)."""
+    try:
+        name = layout.current()
+        if incremental and name:
+            layout.read_manifest(name)  # unreadable: stop now, before the encoder loads and the scan runs
+        return name
+    except DamagedOutputError as err:
+        if incremental:
+            raise
+        logger.warning("%s; this full run replaces it", err)
+        return None
+
+
+def _refuse_to_delete_everything(layout: OutputLayout, previous: str, plan: Plan) -> None:
+    """An empty export (or one whose every row is rejected) is far more often a broken upstream
+    step than a corpus that really became empty: an incremental run refuses to delete every
+    document. The quarantine is written to an unpublished folder (pruned by the next run) so the
+    user can see why each row was rejected."""
+    published = layout.read_manifest(previous)["index"]["count"]
+    if not published:
+        return  # nothing to lose: an empty corpus stays empty
+    _, report_dir = layout.new_version()
+    pq.write_table(plan.quarantine, report_dir / QUARANTINE_FILE)
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(plan.quarantine_by_reason().items())) or "none"
+    raise WouldDeleteEverythingError(
+        f"the input has no document to embed ({plan.rows_read:,} rows read, {plan.quarantine.num_rows:,} "
+        f"quarantined: {reasons}) but the published version {previous} holds {published:,}: this --incremental "
+        f"run would delete all {published:,} documents, so nothing was published. The rejected rows, each with "
+        f"its reason: {report_dir / QUARANTINE_FILE} (kept until the next run). If the corpus really is empty "
+        f"now, run without --incremental to publish an empty version"
+    )
+
+
 def _log_reuse(cfg: EmbedConfig, reuse: Reuse) -> None:
     if cfg.incremental:
         logger.warning("incremental: %s", reuse.reason)
@@ -143,15 +188,19 @@ def _log_reuse(cfg: EmbedConfig, reuse: Reuse) -> None:
 
 def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: Plan, reuse: Reuse) -> dict:
     """Update the previous IVF index in place when the change is small, else build afresh."""
-    update, why = plan_index_update(reuse.previous_dir, len(reuse.published_ids), plan.rows_to_embed, dim,
+    previous_index = None if reuse.repair else reuse.previous_dir  # an incomplete version's index is not used
+    update, why = plan_index_update(previous_index, len(reuse.published_ids), plan.rows_to_embed, dim,
                                     cfg.index, cfg.index_memory_bytes)
+    if reuse.repair:
+        why = reuse.repair
     settings = {"recall_queries": cfg.recall_queries, "recall_target": cfg.recall_target, "seed": cfg.seed}
     if update:
         return update_index(version_dir, version_dir / "vectors", reuse.previous_dir, reuse.published_ids, dim,
                             built_because=why, **settings)
     if reuse.previous_dir is not None:
         logger.info("index: rebuilding (%s)", why)
-    return build_index(version_dir, version_dir / "vectors", dim, requested=cfg.index,
+    requested = cfg.index if plan.rows_to_embed else "flat"  # nothing to train an IVF index on
+    return build_index(version_dir, version_dir / "vectors", dim, requested=requested,
                        memory_budget=cfg.index_memory_bytes, built_because=why, **settings)
 
 
@@ -171,8 +220,9 @@ def _check_vectors_match_plan(plan, vectors_dir: Path) -> None:
     written = pq.read_table(vectors_dir, columns=["id", "content_hash"])
     keys = pc.binary_join_element_wise(written.column("id"), written.column("content_hash"), "\x1f")
     expected = pc.binary_join_element_wise(plan.kept.column("id"), plan.kept.column("content_hash"), "\x1f")
+    # min_count=0: `all` of no rows is true (the default gives null, which would refuse an empty corpus)
     if (len(keys) != len(expected) or pc.count_distinct(keys).as_py() != len(keys)
-            or not pc.all(pc.is_in(keys, value_set=expected)).as_py()):
+            or not pc.all(pc.is_in(keys, value_set=expected), min_count=0).as_py()):
         raise RuntimeError(
             "the vectors written do not match the scanned input (an input file changed during the run?); "
             "nothing was published: run again once the input is stable"
@@ -229,7 +279,7 @@ def format_summary(result: EmbedResult, root: Path) -> str:
         f"+ quarantined "
         f"{c['rows_quarantined']:,} ({reasons}); deleted since the previous version: {deleted}",
         f"  truncated texts: {c['rows_truncated']:,}; files skipped: {c['files_skipped']}",
-        f"  tokens {t['tokens']:,} in {t['embed_stage_s']} s: {t['tokens_per_s']} tokens/s "
+        f"  tokens {t['tokens']:,} in {t['embed_stage_s']} s: {t['tokens_per_s'] or 0} tokens/s "
         f"({t['actors']} {t['device']} actor(s), padding {t['padding_share']:.1%})",
         f"  index {i['factory']} ({i['count']:,} vectors, {i.get('built_by', 'rebuild')}): "
         f"{result.version_dir / i['file']}, recall@10 {i['recall_at_10']}",

@@ -10,6 +10,7 @@ read is either planned for embedding or has a quarantine row saying why.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,11 +25,12 @@ PREVIEW_CHARS = 120
 
 # Quarantine reasons (the `reason` column); `detail` says more in words.
 NULL_ID = "null_id"
+EMPTY_ID = "empty_id"
 NULL_TEXT = "null_text"
 EMPTY_TEXT = "empty_text"
 NON_STRING_TEXT = "non_string_text"
 DUPLICATE_ID = "duplicate_id"
-REASONS = (NULL_ID, NULL_TEXT, EMPTY_TEXT, NON_STRING_TEXT, DUPLICATE_ID)
+REASONS = (NULL_ID, EMPTY_ID, NULL_TEXT, EMPTY_TEXT, NON_STRING_TEXT, DUPLICATE_ID)
 
 GOOD_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("row", pa.int64())])
 BAD_SCHEMA = pa.schema([
@@ -193,13 +195,24 @@ def _scan_batch(batch: pa.RecordBatch, columns: Columns, offset: int) -> tuple[p
 def _row_problem(id_, text, text_is_string: bool, text_type: pa.DataType) -> tuple[str | None, str | None]:
     if id_ is None:
         return NULL_ID, "the id is null: a row without an id cannot be found again (fill or drop it upstream)"
+    if id_ == "":
+        # what CSV and pandas exports write for a missing id: treated as one, not as a real id
+        return EMPTY_ID, "the id is empty: a missing id written as '' (fill or drop it upstream)"
     if not text_is_string:
         return NON_STRING_TEXT, f"the text column has type {text_type} in this file; expected a string column"
     if text is None:
         return NULL_TEXT, "the text is null"
-    if not text.strip():
-        return EMPTY_TEXT, "the text is empty or whitespace only: nothing to embed"
+    if is_blank(text):
+        return EMPTY_TEXT, "the text is empty, whitespace or invisible characters only: nothing to embed"
     return None, None
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a reader would see: whitespace and invisible format characters (Unicode category
+    Cf: zero-width space U+200B, joiners, word joiner U+2060, byte order mark U+FEFF, ...).
+    A vector of such a text says nothing about any document. Stops at the first visible
+    character, so long texts cost nothing."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 # ------------------------------------------------------------------ planning (driver)
