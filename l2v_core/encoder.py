@@ -98,11 +98,10 @@ class Encoder:
 
     def identity(self) -> dict:
         """Everything that decides the vectors: equal identities give equal vectors for equal text."""
-        tokenizer_json = self.tokenizer.backend_tokenizer.to_str() if hasattr(self.tokenizer, "backend_tokenizer") else ""
         return {
             "model": self.settings.base_model,
             "weights_sha256": self.weights_sha256,
-            "tokenizer_sha256": hashlib.sha256(tokenizer_json.encode()).hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(_tokenizer_json(self.tokenizer).encode()).hexdigest(),
             "pooling": self.settings.pooling,
             "max_length": self.settings.max_length,
             "bidirectional": self.settings.bidirectional,
@@ -214,3 +213,17 @@ def _progress(total: int, enabled: bool):
             pass
 
     return _Silent()
+
+
+def _tokenizer_json(tokenizer) -> str:
+    """The tokenizer's definition as JSON, without the truncation state that tokenizing with
+    `truncation=True` leaves on the Rust tokenizer: an encoder's identity must not change
+    because it has encoded something (a service reusing a warm encoder compares identities)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return ""
+    from tokenizers import Tokenizer
+
+    fresh = Tokenizer.from_str(backend.to_str())
+    fresh.no_truncation()
+    return fresh.to_str()

@@ -58,8 +58,8 @@ class CorpusIndex:
         """Load the published version of `output` (or `version`) and the encoder it names.
         Pass `encoder` to reuse one already loaded, or `model` for a moved copy of the same
         weights (loaded with the manifest's settings); either must have the same identity.
-        `encoder_identity`: the reused encoder's identity as computed when it was loaded (a used
-        encoder's tokenizer carries truncation state that changes its identity() hash)."""
+        `encoder_identity`: the reused encoder's identity, known already (the query service passes
+        it so that a background load never touches a tokenizer that requests are using)."""
         layout = OutputLayout(output)
         version_dir = layout.version_dir(version) if version else layout.current_dir()
         manifest = layout.read_manifest(version_dir.name)

@@ -113,3 +113,12 @@ def test_invalid_settings_are_rejected():
 def test_dtype_and_device_defaults_to_float32_on_cpu(tiny_encoder_dir):
     encoder = Encoder.from_pretrained(tiny_encoder_dir)
     assert encoder.dtype == torch.float32 and encoder.device.type == "cpu"
+
+
+def test_identity_does_not_change_once_the_encoder_has_encoded(tiny_encoder_dir):
+    # tokenizing with truncation=True leaves truncation state on the Rust tokenizer; the identity
+    # (compared by the query service and by incremental runs) must not see it
+    encoder = Encoder.from_pretrained(tiny_encoder_dir)
+    before = encoder.identity()
+    encoder.encode(["a first text", "and a second, longer one"])
+    assert encoder.identity() == before
