@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=512, help="rows per embed batch (sorted inside)")
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="default: bf16 on CUDA, float32 on CPU; bfloat16 is ~3x faster on AMX CPUs")
+    p.add_argument("--dtype", default=None,
+                   help="default: bf16 on CUDA, float32 on CPU; bfloat16 is ~3x faster on AMX CPUs")
     p.add_argument("--num-actors", type=int, default=None)
     args = p.parse_args(argv)
 
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     bare = tokens / bare_s
     line = {
         "corpus": args.corpus, "docs": len(texts), "tokens": tokens, "model": m["encoder"]["identity"]["model"],
-        "max_length": args.max_length, "device": str(device), "dtype": str(dtype), "torch_threads": torch.get_num_threads(),
+        "max_length": args.max_length, "device": str(device), "dtype": str(dtype),
+        "torch_threads": torch.get_num_threads(),
         "bare_s": round(bare_s, 2), "bare_tokens_per_s": round(bare, 1),
         "pipeline_embed_stage_s": embed_s, "pipeline_tokens_per_s": round(tokens / embed_s, 1),
         "pipeline_total_s": total_s, "pipeline_total_tokens_per_s": round(tokens / total_s, 1),

@@ -88,7 +88,9 @@ def main() -> None:
             "padding_share": round(padding_share(batch.n_tokens, plan), 4),
             "micro_batches": len(plan),
         }
-    result["speedup"] = round(result["token_budget"]["tokens_per_s"] / result["reference_32_by_chars"]["tokens_per_s"], 3)
+    result["speedup"] = round(
+        result["token_budget"]["tokens_per_s"] / result["reference_32_by_chars"]["tokens_per_s"], 3
+    )
     print(json.dumps(result))
 
 

@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
-
     from bench_embed import scifact_parquet
+
     from pipelines.embed import EmbedConfig, run_embed
 
     work = Path(tempfile.mkdtemp(prefix="bench_reindex_"))

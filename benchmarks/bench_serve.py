@@ -108,7 +108,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--index", default=None, help="a published index (default: build one from SciFact)")
     p.add_argument("--docs", type=int, default=300, help="SciFact documents when building the index")
-    p.add_argument("--model", default=None, help="encoder when building the index (default: the default model; 'tiny': a tiny random one)")
+    p.add_argument("--model", default=None,
+                   help="encoder when building the index (default: the default model; 'tiny': a tiny random one)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=300, help="answers per run")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 1], help="--max-batch-size values to compare")
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
     batched, unbatched = by.get((max(args.batch_sizes), top)), by.get((1, top))
     ratio = round(batched["req_per_s"] / unbatched["req_per_s"], 2) if batched and unbatched else None
     print(json.dumps({
-        "bench": "serve", "index": index, "model": args.model or "default", "replica_cpus": args.replica_cpus, "max_padding": args.max_padding,
+        "bench": "serve", "index": index, "model": args.model or "default", "replica_cpus": args.replica_cpus,
+        "max_padding": args.max_padding,
         "batch_wait_ms": args.batch_wait_ms, "cpus": os.cpu_count(), "runs": runs,
         "batched_over_unbatched_at_top_concurrency": ratio,
         "goals": {"batched_2x": ratio is not None and ratio >= 2, "zero_errors": all(r["errors"] == 0 for r in runs),

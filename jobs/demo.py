@@ -91,7 +91,8 @@ def step_adapt(corpus: Path, out_dir: Path) -> Path:
     shutil.rmtree(adapt_dir, ignore_errors=True)
     summary = run_chain(cfg, corpus=str(corpus), output=adapt_dir)
     for stage in summary["stages"][1:]:
-        print(f"  {stage['name']}: {stage['steps']} steps in {stage['wall_time_s']} s, final loss {stage['final_loss']:.3f}")
+        print(f"  {stage['name']}: {stage['steps']} steps in {stage['wall_time_s']} s, "
+              f"final loss {stage['final_loss']:.3f}")
     return Path(summary["encoder"])
 
 

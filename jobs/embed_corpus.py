@@ -55,10 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
     p.add_argument("--device", help="embed actors' device (default: cuda when the cluster has GPUs, else cpu)")
     p.add_argument("--dtype", help="embed actors' dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--skip-bad-files", action="store_true", default=None, help="skip unreadable files (listed in the manifest's input.bad_files) instead of failing")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="skip unreadable files (listed in the manifest's input.bad_files) instead of failing")
     p.add_argument("--no-store-text", dest="store_text", action="store_false", default=None,
                    help="do not keep texts in the vectors parquet (search then shows ids only)")
-    p.add_argument("--keep-versions", type=int, help="keep the newest N complete versions plus the published one (default 3)")
+    p.add_argument("--keep-versions", type=int,
+                   help="keep the newest N complete versions plus the published one (default 3)")
     p.add_argument("--recall-queries", type=int, help="sampled vectors for the index's recall@10 (default 200)")
     p.add_argument("--incremental", action="store_true", default=None,
                    help="reuse the published version's vectors for unchanged documents; drop deleted ids")

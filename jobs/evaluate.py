@@ -11,7 +11,7 @@ published; it should land within a point of 82.0 (STS-B) and 64.5 (SciFact).
 
 On a cluster (the driver runs it; no Ray needed):
     ray job submit --working-dir . -- python jobs/evaluate.py --model /mnt/nfs/l2v/run/encoder --out /mnt/nfs/l2v/eval.json
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -105,7 +105,9 @@ def run(argv=None) -> dict:
     if "stsb" in tasks:
         pairs = load_stsb(args.stsb, "test")
         if args.limit:
-            pairs.first, pairs.second, pairs.scores = (x[: args.limit] for x in (pairs.first, pairs.second, pairs.scores))
+            pairs.first, pairs.second, pairs.scores = (
+                x[: args.limit] for x in (pairs.first, pairs.second, pairs.scores)
+            )
         report["stsb_test"] = evaluate_stsb(embed, pairs)
         print(json.dumps({"stsb_test": report["stsb_test"]}), flush=True)  # before the long SciFact run
     if "scifact" in tasks:

@@ -28,9 +28,11 @@ EXIT_CODES = {0: "stopped (Ctrl-C or SIGTERM)"}
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = job_parser(__doc__.split("\n\n")[0], exit_codes=EXIT_CODES)
-    p.add_argument("--index", required=True, help="output folder of jobs/embed_corpus.py (its CURRENT version is served)")
+    p.add_argument("--index", required=True,
+                   help="output folder of jobs/embed_corpus.py (its CURRENT version is served)")
     p.add_argument("--model", default=None, help="encoder folder, when it moved since the index was built")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to accept other machines: set an API key)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (0.0.0.0 to accept other machines: set an API key)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--replicas", type=int, default=1, help="Serve replicas (each loads the encoder and index)")
     p.add_argument("--max-batch-size", type=int, default=32, help="requests that share one batch of forward passes")

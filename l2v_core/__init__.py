@@ -1,5 +1,6 @@
 """l2v_core: LLM2Vec in pure torch/transformers/peft. Never imports ray (usable anywhere)."""
 
+from .batching import padded_positions, padding_share, plan_micro_batches
 from .bidirectional import (
     TESTED_MODEL_TYPES,
     UnsupportedArchitectureError,
@@ -10,7 +11,6 @@ from .bidirectional import (
 )
 from .default_model import DEFAULT_MODEL_NAME, default_model_dir
 from .device import pick_device_and_dtype
-from .batching import padded_positions, padding_share, plan_micro_batches
 from .encoder import Encoder
 from .loading import backbone_of, load_model, load_tokenizer, resolve_model_path, weights_sha256
 from .pooling import pool

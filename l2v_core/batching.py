@@ -8,7 +8,7 @@ padding share over `max_padding`. Padding is wasted compute on every device.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_MAX_PADDING = 0.1
 

@@ -31,7 +31,9 @@ def set_attention_mode(model: torch.nn.Module, *, bidirectional: bool, verify: b
     bidirectional or causal, in place. With `verify`, a probe forward pass checks the result."""
     configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "to_dict")}
     if not configs:
-        raise UnsupportedArchitectureError(f"{type(model).__name__} has no transformers config; pass a transformers model")
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} has no transformers config; pass a transformers model"
+        )
     for config in configs.values():
         config.is_causal = not bidirectional
         if hasattr(config, "use_bidirectional_attention"):  # Gemma 3 has its own switch

@@ -13,7 +13,7 @@ average over W ranks divides it back, so the update is exactly d L / d theta.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

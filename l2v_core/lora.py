@@ -62,7 +62,9 @@ def apply_lora(
     if top_layers is not None:
         pattern, count = decoder_layers(model)
         if not 1 <= top_layers <= count:
-            raise ValueError(f"top_layers={top_layers} but the model has {count} decoder layers; use 1..{count} or null")
+            raise ValueError(
+                f"top_layers={top_layers} but the model has {count} decoder layers; use 1..{count} or null"
+            )
         layer_kwargs = {"layers_to_transform": list(range(count - top_layers, count)), "layers_pattern": pattern}
     config = LoraConfig(
         r=r,

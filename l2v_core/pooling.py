@@ -24,7 +24,9 @@ def pool(
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode {mode!r}; valid modes: {', '.join(POOLING_MODES)}")
     if hidden.dim() != 3 or pool_mask.shape != hidden.shape[:2]:
-        raise ValueError(f"expected hidden (b, s, d) and pool_mask (b, s); got {tuple(hidden.shape)} and {tuple(pool_mask.shape)}")
+        raise ValueError(
+            f"expected hidden (b, s, d) and pool_mask (b, s); got {tuple(hidden.shape)} and {tuple(pool_mask.shape)}"
+        )
     mask = pool_mask.to(hidden.dtype)
     if mode == "mean":
         return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)

@@ -21,7 +21,9 @@ class EncoderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pooling: PoolingMode = Field("mean", description="How token states become one vector.")
-    max_length: int = Field(512, gt=1, description="Tokens per text (instruction included); longer texts are truncated.")
+    max_length: int = Field(
+        512, gt=1, description="Tokens per text (instruction included); longer texts are truncated."
+    )
     bidirectional: bool = Field(True, description="Every token attends to every non-padding token.")
     instructions: dict[str, str] = Field(
         default_factory=dict,
@@ -40,7 +42,7 @@ class EncoderSettings(BaseModel):
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "EncoderSettings":
+    def load(cls, folder: str | Path) -> EncoderSettings:
         path = Path(folder) / CONFIG_FILE
         try:
             return cls.model_validate_json(path.read_text())

@@ -7,8 +7,8 @@ not a special token. No sentinel strings, no token counting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 @dataclass
@@ -44,7 +44,9 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def tokenize_texts(tokenizer, texts: Sequence[str], instruction: str | None = None, max_length: int = 512) -> TokenizedBatch:
+def tokenize_texts(
+    tokenizer, texts: Sequence[str], instruction: str | None = None, max_length: int = 512
+) -> TokenizedBatch:
     """Tokenize `texts` (checked with `check_texts`) for encoding; truncates to `max_length` tokens."""
     texts = check_texts(texts)
     if not texts:

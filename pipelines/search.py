@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import faiss
 import numpy as np
@@ -54,7 +54,7 @@ class CorpusIndex:
 
     @classmethod
     def open(cls, output: str | Path, *, version: str | None = None, encoder=None, model: str | None = None,
-             device: str | None = None, encoder_identity: dict | None = None) -> "CorpusIndex":
+             device: str | None = None, encoder_identity: dict | None = None) -> CorpusIndex:
         """Load the published version of `output` (or `version`) and the encoder it names.
         Pass `encoder` to reuse one already loaded, or `model` for a moved copy of the same
         weights (loaded with the manifest's settings); either must have the same identity.
@@ -167,5 +167,6 @@ def _check_identity(actual: dict, manifest: dict) -> None:
         differs = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
         raise ValueError(
             f"the encoder differs from the one that built version {manifest['version']} in {', '.join(differs)}: "
-            f"its vectors cannot be searched with it. Load the encoder named in the manifest ({manifest['encoder']['source']})."
+            "its vectors cannot be searched with it. "
+            f"Load the encoder named in the manifest ({manifest['encoder']['source']})."
         )

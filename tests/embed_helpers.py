@@ -14,7 +14,8 @@ TOPICS = ["cats", "ships", "rivers", "algebra", "bread", "violins", "glaciers", 
 
 def clean_texts(n: int) -> list[str]:
     """n distinct short texts."""
-    return [f"Note {i}: a few words on {TOPICS[i % len(TOPICS)]} and {TOPICS[(i * 7 + 3) % len(TOPICS)]}, item {i * 13}."
+    return [f"Note {i}: a few words on {TOPICS[i % len(TOPICS)]} and {TOPICS[(i * 7 + 3) % len(TOPICS)]}, "
+            f"item {i * 13}."
             for i in range(n)]
 
 

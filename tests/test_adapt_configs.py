@@ -30,8 +30,12 @@ def test_every_shipped_yaml_validates_and_starts_with_its_launch_command(path):
 def test_paper_profile_is_the_reference_recipe():
     cfg = load_config(next(p for p in CONFIGS if p.stem == "paper"))
     m, s = cfg.mntp, cfg.simcse
-    assert (m.mask_probability, m.mask_token, m.block_size, m.batch_size, m.steps, m.lr) == (0.2, "_", 512, 32, 1000, 5e-5)
-    assert (s.batch_size, s.max_length, s.lr, s.scale, s.steps, s.attention_dropout) == (128, 128, 3e-5, 20.0, 1000, 0.3)
+    assert (m.mask_probability, m.mask_token, m.block_size, m.batch_size, m.steps, m.lr) == (
+        0.2, "_", 512, 32, 1000, 5e-5
+    )
+    assert (s.batch_size, s.max_length, s.lr, s.scale, s.steps, s.attention_dropout) == (
+        128, 128, 3e-5, 20.0, 1000, 0.3
+    )
     assert (m.lora.r, m.lora.alpha, m.lora.dropout) == (16, 32, 0.05)
 
 

@@ -4,8 +4,8 @@ internal error exits 1 with its traceback; --help shows defaults and the exit co
 run as `python jobs/X.py` in a subprocess, exactly as a user (or `ray job submit`) runs them."""
 
 import os
-import subprocess
 import re
+import subprocess
 import sys
 from pathlib import Path
 

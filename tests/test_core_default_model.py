@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import shared_fixtures_dir
+
 from l2v_core import Encoder, set_attention_mode
 from l2v_core.default_model import default_model_dir
 

@@ -46,7 +46,9 @@ def test_empty_list_gives_an_empty_array(encoder):
     assert out.shape == (0, encoder.dim) and out.dtype == np.float32
 
 
-@pytest.mark.parametrize("bad,error", [([""], ValueError), ([None], TypeError), ("text", TypeError), ([1.5], TypeError)])
+@pytest.mark.parametrize(
+    "bad,error", [([""], ValueError), ([None], TypeError), ("text", TypeError), ([1.5], TypeError)]
+)
 def test_bad_input_is_a_clear_error(encoder, bad, error):
     with pytest.raises(error, match="texts"):
         encoder.encode(bad)

@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from l2v_core.lora import (apply_lora, count_trainable, find_target_modules, load_adapter, lora_state_dict,
-                           load_lora_state_dict, merge_lora, save_adapter)
+from l2v_core.lora import (
+    apply_lora,
+    count_trainable,
+    find_target_modules,
+    load_adapter,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+    save_adapter,
+)
 from l2v_core.testing import tiny_model_and_tokenizer
 
 

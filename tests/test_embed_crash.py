@@ -68,7 +68,9 @@ def interrupted_output(tmp_path):
     cut off before its footer)."""
     texts = {f"d{i}": f"text {i}" for i in range(10)}
     corpus = tmp_path / "corpus.parquet"
-    pq.write_table(pa.table({"id": list(texts), "text": [t + " new" if i == "d3" else t for i, t in texts.items()]}), corpus)
+    pq.write_table(
+        pa.table({"id": list(texts), "text": [t + " new" if i == "d3" else t for i, t in texts.items()]}), corpus
+    )
     layout = OutputLayout(tmp_path / "out")
     published, published_dir = layout.new_version()
     _write_vectors(published_dir / "vectors" / "p.parquet", {"d0": "text 0", "d1": "text 1", "gone": "x"}, seed=1)

@@ -7,8 +7,8 @@ import pytest
 
 from pipelines.embed.config import EmbedConfig, parse_size
 from pipelines.embed.scan import Columns, compose_text, content_hash, plan_rows, scan_file
-from pipelines.sources import list_parquet_files
 from pipelines.embed.stages import EmbedActor, read_planned_rows, tokenize_rows
+from pipelines.sources import list_parquet_files
 
 COLS = Columns("id", "text")
 
@@ -54,7 +54,9 @@ def test_scan_non_string_text_missing_column_and_corrupt_file(tmp_path):
     scan = scan_file(ints, COLS)
     assert scan["bad"].column("reason").to_pylist() == ["non_string_text"] * 2
     assert scan["bad"].column("id").to_pylist() == ["1", "2"]  # integer ids become text
-    assert "its columns are: id, body" in scan_file(_write(tmp_path / "m.parquet", id=["1"], body=["x"]), COLS)["missing_columns"]
+    assert "its columns are: id, body" in scan_file(
+        _write(tmp_path / "m.parquet", id=["1"], body=["x"]), COLS
+    )["missing_columns"]
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 this is not parquet")
     assert "error" in scan_file(str(corrupt), COLS)

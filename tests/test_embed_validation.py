@@ -46,7 +46,9 @@ def test_bad_rows_are_quarantined_with_exact_counts(ray_session, messy_corpus, t
     assert by_id == {"a1": "alpha text", "a2": "bravo text", "b1": "charlie text", "a3": "a3 has text here"}
     quarantine = pq.read_table(result.version_dir / "quarantine.parquet")
     dups = quarantine.filter(pc.equal(quarantine.column("reason"), "duplicate_id")).to_pylist()
-    assert {(d["id"], d["source_file"].rsplit("/", 1)[1], d["source_row"]) for d in dups} == {("a2", "a.parquet", 5), ("a1", "b.parquet", 0)}
+    assert {(d["id"], d["source_file"].rsplit("/", 1)[1], d["source_row"]) for d in dups} == {
+        ("a2", "a.parquet", 5), ("a1", "b.parquet", 0)
+    }
     assert all("kept the copy at" in d["detail"] and "first valid copy" in d["detail"] for d in dups)
     assert [b["path"].rsplit("/", 1)[1] for b in result.manifest["input"]["bad_files"]] == ["d.parquet"]
 

@@ -30,10 +30,12 @@ def fake_data(tmp_path):
     (sts / "sts-test.csv").write_text("\n".join("\t".join(r) for r in rows) + "\n")
     sci = tmp_path / "scifact"
     (sci / "qrels").mkdir(parents=True)
-    docs = [{"_id": "d1", "title": "Cats", "text": "Cats sit on mats."}, {"_id": "d2", "title": "Dogs", "text": "Dogs run."},
+    docs = [{"_id": "d1", "title": "Cats", "text": "Cats sit on mats."},
+            {"_id": "d2", "title": "Dogs", "text": "Dogs run."},
             {"_id": "d3", "title": "", "text": "Vectors and cosine similarity."}]
     (sci / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
-    queries = [{"_id": "1", "text": "Where do cats sit?"}, {"_id": "2", "text": "What do dogs do?"}, {"_id": "9", "text": "unjudged"}]
+    queries = [{"_id": "1", "text": "Where do cats sit?"}, {"_id": "2", "text": "What do dogs do?"},
+               {"_id": "9", "text": "unjudged"}]
     (sci / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
     (sci / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t1\n2\td2\t1\n")
     return sts, sci
@@ -62,7 +64,8 @@ def test_stsb_reader_splits_on_tabs_only_and_keeps_quoted_rows(fake_data):
 
 def test_scifact_reader_keeps_judged_queries_and_title_text(fake_data):
     data = load_scifact(fake_data[1])
-    assert data.query_ids == ["1", "2"] and data.docs[0] == "Cats Cats sit on mats." and data.docs[2] == "Vectors and cosine similarity."
+    assert (data.query_ids == ["1", "2"] and data.docs[0] == "Cats Cats sit on mats."
+            and data.docs[2] == "Vectors and cosine similarity.")
 
 
 def test_tasks_with_a_perfect_embedding(fake_data):
@@ -94,7 +97,9 @@ def test_evaluate_job_on_a_tiny_encoder(tiny_encoder_dir, fake_data, tmp_path):
     assert saved == report and saved["bidirectional"] is True
     assert saved["stsb_test"]["pairs"] == 3 and -100 <= saved["stsb_test"]["spearman"] <= 100
     assert saved["scifact_test"]["queries"] == 2 and 0 <= saved["scifact_test"]["ndcg@10"] <= 100
-    causal = _evaluate_main(["--model", str(tiny_encoder_dir), "--causal", "--tasks", "stsb", "--stsb", str(fake_data[0])])
+    causal = _evaluate_main(
+        ["--model", str(tiny_encoder_dir), "--causal", "--tasks", "stsb", "--stsb", str(fake_data[0])]
+    )
     assert causal["bidirectional"] is False and "scifact_test" not in causal
 
 

@@ -97,7 +97,8 @@ def test_embed_job_runs_through_ray_job_submit(ray_head, tiny_encoder_dir, tmp_p
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     submit = [
         str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
-        "--runtime-env-json", json.dumps(runtime_env), "--submission-id", f"embed-test-{os.getpid()}-{int(time.time())}",
+        "--runtime-env-json", json.dumps(runtime_env),
+        "--submission-id", f"embed-test-{os.getpid()}-{int(time.time())}",
         "--", "python", "jobs/embed_corpus.py", "--input", str(corpus), "--output", str(output),
         "--model", str(tiny_encoder_dir), "--num-actors", "1", "--cpu-threads", "1", "--batch-size", "16", "--json",
     ]

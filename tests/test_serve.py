@@ -121,7 +121,9 @@ def test_openai_client_float_and_base64(service, tiny_encoder_dir):
     with pytest.raises(openai.NotFoundError, match="serves 'l2v'"):
         client.embeddings.create(model="text-embedding-3-small", input="x")
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=service.url + "/v1", api_key="nope", max_retries=0).embeddings.create(model="l2v", input="x")
+        openai.OpenAI(base_url=service.url + "/v1", api_key="nope", max_retries=0).embeddings.create(
+            model="l2v", input="x"
+        )
 
 
 def test_base64_over_raw_http_is_little_endian_float32(service):
@@ -186,8 +188,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 def test_search_page_in_headless_chromium(service, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install -y chromium; make setup does it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e '.[dev]')")
+        pytest.skip(
+            f"Debian's chromium is not installed at {CHROMIUM} "
+            "(apt-get install -y chromium; make setup does it as root)"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed (pip install -e '.[dev]')"
+    )
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -203,7 +210,8 @@ def test_search_page_in_headless_chromium(service, tmp_path):
             page.wait_for_selector("li.hit")
             hits = page.locator("li.hit")
             assert hits.count() == 3
-            assert "a7" in hits.nth(0).locator(".meta").inner_text() and hits.nth(0).locator(".text").inner_text() == TEXTS[7]
+            assert ("a7" in hits.nth(0).locator(".meta").inner_text()
+                    and hits.nth(0).locator(".text").inner_text() == TEXTS[7])
             assert page.inner_text("#version") == health(service)["version"]
             page.screenshot(path=str(tmp_path / "search-page.png"), full_page=True)
         finally:
@@ -342,7 +350,9 @@ def test_the_rayservice_args_are_a_valid_service_config():
     import yaml
     from pydantic import ValidationError
 
-    manifest = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    manifest = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "deploy" / "kuberay" / "rayservice.yaml").read_text()
+    )
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     app = serve_config["applications"][0]
     assert app["import_path"] == "pipelines.serve:build_app" and serve_config["http_options"]["port"] == 8000

@@ -57,7 +57,7 @@ def test_stage_on_two_nodes_with_shared_storage(tmp_path):
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(REPO / "tests")], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=400)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["nodes_alive"] == 2

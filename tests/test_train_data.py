@@ -5,10 +5,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from train_helpers import SENTENCES, save_tiny_causal_lm
 
 from l2v_core.testing import tiny_tokenizer
-from pipelines.train.data import mntp_blocks, pack_blocks, read_corpus, simcse_sentences, split_sentences, tokenize_sentences
-from train_helpers import SENTENCES, save_tiny_causal_lm
+from pipelines.train.data import (
+    mntp_blocks,
+    pack_blocks,
+    read_corpus,
+    simcse_sentences,
+    split_sentences,
+    tokenize_sentences,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,9 @@ def test_pack_blocks_joins_texts_with_eos_and_cuts_full_blocks(model_dir):
 
 
 def test_split_sentences():
-    assert split_sentences("The cat sat. It slept! Did it? 3 dogs ran.") == ["The cat sat.", "It slept!", "Did it?", "3 dogs ran."]
+    assert split_sentences("The cat sat. It slept! Did it? 3 dogs ran.") == [
+        "The cat sat.", "It slept!", "Did it?", "3 dogs ran."
+    ]
     assert split_sentences("Dr. smith stayed at e.g. home.") == ["Dr. smith stayed at e.g. home."]
 
 
@@ -66,7 +75,9 @@ def test_read_corpus_parquet_with_a_named_column_and_text_files(ray_session, tmp
     (tmp_path / "t" / "a.txt").write_text("\n".join(SENTENCES * 3) + "\n\n")
     blocks = mntp_blocks(str(tmp_path / "t"), model_path=model_dir, block_size=32).take_all()
     assert blocks and all(len(b["input_ids"]) == 32 for b in blocks)
-    sentences = simcse_sentences(str(tmp_path / "t"), model_path=model_dir, max_length=32, split=False, min_chars=5).count()
+    sentences = simcse_sentences(
+        str(tmp_path / "t"), model_path=model_dir, max_length=32, split=False, min_chars=5
+    ).count()
     assert sentences == len(SENTENCES) * 3
 
 

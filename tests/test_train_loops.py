@@ -3,13 +3,13 @@
 import json
 
 import pytest
+from train_helpers import fast_stage, save_tiny_causal_lm, write_corpus
 
 from pipelines.train.config import ClusterSettings
 from pipelines.train.data import mntp_blocks, simcse_sentences
 from pipelines.train.mntp_loop import mntp_loop
 from pipelines.train.simcse_loop import pad_right, simcse_loop
 from pipelines.train.trainer import build_trainer, check_storage
-from train_helpers import fast_stage, save_tiny_causal_lm, write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-import ray.train
+from train_helpers import SENTENCES, fast_stage, save_tiny_causal_lm, write_corpus
 
 from pipelines.train.config import ClusterSettings
 from pipelines.train.data import mntp_blocks, simcse_sentences
 from pipelines.train.mntp_loop import mntp_loop
 from pipelines.train.simcse_loop import simcse_loop
 from pipelines.train.trainer import build_trainer, run_stage
-from train_helpers import SENTENCES, fast_stage, save_tiny_causal_lm, write_corpus
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +51,7 @@ def test_two_worker_chain_through_adapt_job(ray_session, tiny):
     mntp = _records(out / "logs" / "mntp.jsonl")
     losses = [r["loss"] for r in mntp]
     assert [r["step"] for r in mntp] == list(range(1, 11))
-    assert all(l == l and 0 < l < 20 for l in losses)  # finite
+    assert all(loss == loss and 0 < loss < 20 for loss in losses)  # finite
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     checkpoints = sorted(p for p in (out / "ray_results" / "adapt-mntp").glob("checkpoint_*") if p.is_dir())
     assert checkpoints and all((c / "adapter" / "adapter_model.safetensors").is_file() for c in checkpoints)

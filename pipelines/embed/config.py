@@ -38,24 +38,35 @@ class EmbedConfig(BaseModel):
         ..., min_length=1,
         description="Parquet files, folders, globs or URIs (s3://, gs://, file://) that pyarrow understands.",
     )
-    output: str = Field(..., description="Output root: holds versions/, CURRENT and the lock. A local or shared (NFS) path.")
+    output: str = Field(
+        ..., description="Output root: holds versions/, CURRENT and the lock. A local or shared (NFS) path."
+    )
     id_column: str = Field("id", description="Column holding each document's id (strings or integers).")
     text_column: str = Field("text", description="Column holding the text to embed.")
-    title_column: str | None = Field(None, description="Optional column joined in front of the text ('title\\n\\ntext').")
-    model: str | None = Field(None, description="Exported encoder folder, model folder or name; null = the default model.")
+    title_column: str | None = Field(
+        None, description="Optional column joined in front of the text ('title\\n\\ntext')."
+    )
+    model: str | None = Field(
+        None, description="Exported encoder folder, model folder or name; null = the default model."
+    )
     max_length: int | None = Field(None, gt=1, description="Override the encoder's max tokens per text.")
     instruction: str | None = Field(
         None, description="Instruction put before every document; null = the encoder's 'document' instruction, if any.",
     )
     store_text: bool = Field(True, description="Keep each text in the vectors parquet so that search can show it.")
     index: IndexKind = Field("auto", description="FAISS index: auto picks flat, ivf or ivfpq from size and memory.")
-    index_memory: str = Field("4GiB", description="Memory budget of the index (auto picks a compressed index beyond it).")
+    index_memory: str = Field(
+        "4GiB", description="Memory budget of the index (auto picks a compressed index beyond it)."
+    )
     recall_queries: int = Field(200, ge=1, description="Sampled corpus vectors used to measure recall@10.")
     recall_target: float = Field(0.95, gt=0, le=1, description="nprobe / efSearch grow until recall@10 reaches this.")
     num_actors: int | None = Field(None, ge=1, description="Embed actors; default one per GPU, else 1 CPU actor.")
-    cpu_threads: int | None = Field(None, ge=1, description="Torch threads per CPU embed actor; default: its node's cores / actors.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="Torch threads per CPU embed actor; default: its node's cores / actors."
+    )
     actor_cpus: float = Field(
-        1.0, gt=0, description="CPUs Ray reserves per embed actor (at least one CPU must stay free for reading and tokenizing).",
+        1.0, gt=0,
+        description="CPUs Ray reserves per embed actor (at least one CPU must stay free for reading and tokenizing).",
     )
     device: str | None = Field(None, description="Embed actors' device; default cuda when GPUs exist, else cpu.")
     dtype: str | None = Field(None, description="Embed actors' dtype; default bf16 on CUDA, float32 on CPU.")
@@ -66,10 +77,12 @@ class EmbedConfig(BaseModel):
     )
     tokenize_batch_size: int = Field(256, ge=1, description="Rows per CPU tokenize batch.")
     tokenize_cpus: float = Field(
-        0.5, gt=0, description="CPUs reserved per read+tokenize task (not 1: keeps the stage apart from the embed actors).",
+        0.5, gt=0,
+        description="CPUs reserved per read+tokenize task (not 1: keeps the stage apart from the embed actors).",
     )
     skip_bad_files: bool = Field(
-        False, description="Skip unreadable parquet files instead of failing (listed in the manifest's input.bad_files).",
+        False,
+        description="Skip unreadable parquet files instead of failing (listed in the manifest's input.bad_files).",
     )
     keep_versions: int = Field(
         3, ge=1, description="The newest N complete versions are kept, plus the published one; older ones are pruned.",
@@ -95,7 +108,7 @@ class EmbedConfig(BaseModel):
         return parse_size(self.index_memory)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "EmbedConfig":
+    def from_yaml(cls, path: str | Path, **overrides) -> EmbedConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of EmbedConfig fields, got {type(data).__name__}")

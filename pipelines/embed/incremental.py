@@ -51,7 +51,8 @@ class Reuse:
 
     files: list[Path] = field(default_factory=list)  # every vectors file rows are copied from
     rows_by_file: list[np.ndarray] = field(default_factory=list)  # sorted row numbers to copy, per file
-    published_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # taken from the published version
+    # taken from the published version
+    published_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     previous_dir: Path | None = None  # the published version, when its vectors are a source
     rows_deleted: int = 0
     reason: str = ""

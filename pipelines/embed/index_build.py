@@ -15,9 +15,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import faiss
 import numpy as np
@@ -64,7 +64,9 @@ def choose_index(n: int, dim: int, requested: str = "auto", memory_budget: int =
     kind = requested
     if requested == "auto":
         if n <= FLAT_MAX_ROWS and flat_bytes <= memory_budget:
-            kind, reason = "flat", f"exact search: {n:,} vectors <= {FLAT_MAX_ROWS:,} and {_gib(flat_bytes)} fit the budget"
+            kind, reason = (
+                "flat", f"exact search: {n:,} vectors <= {FLAT_MAX_ROWS:,} and {_gib(flat_bytes)} fit the budget"
+            )
         elif ivf_bytes <= memory_budget:
             kind, reason = "ivf", f"{n:,} vectors > {FLAT_MAX_ROWS:,}; IVF-Flat ({_gib(ivf_bytes)}) fits the budget"
         else:
@@ -117,7 +119,9 @@ def count_vectors(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def iter_chunks(files: list[Path], columns: list[str], chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, int, pa.RecordBatch]]:
+def iter_chunks(
+    files: list[Path], columns: list[str], chunk_rows: int = CHUNK_ROWS
+) -> Iterator[tuple[int, int, pa.RecordBatch]]:
     """(file index, first row in that file, batch) over every file in order."""
     for file_index, path in enumerate(files):
         row = 0

@@ -26,8 +26,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .index_build import (INFO_FILE, IndexSpec, choose_index, count_vectors, finish_index, sample_rows,
-                          sample_vectors, stream_vectors, vector_files)
+from .index_build import (
+    INFO_FILE,
+    IndexSpec,
+    choose_index,
+    count_vectors,
+    finish_index,
+    sample_rows,
+    sample_vectors,
+    stream_vectors,
+    vector_files,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -132,7 +132,8 @@ class OutputLayout:
         name = self.current()
         if name is None:
             raise NoPublishedVersionError(
-                f"{self.root} has no published version (no {CURRENT} file): run jobs/embed_corpus.py --output {self.root} first"
+                f"{self.root} has no published version (no {CURRENT} file): "
+                f"run jobs/embed_corpus.py --output {self.root} first"
             )
         return self.version_dir(name)
 

@@ -57,7 +57,8 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, in
         },
         "counts": counts,
         "vectors": {"dir": "vectors", "dim": encoder["dim"], "rows": index_info["count"],
-                    "columns": ["id", "embedding", "content_hash", "n_tokens", "truncated"] + (["text"] if cfg.store_text else [])},
+                    "columns": ["id", "embedding", "content_hash", "n_tokens", "truncated"]
+                    + (["text"] if cfg.store_text else [])},
         "quarantine": {"file": QUARANTINE_FILE, "rows": counts["rows_quarantined"]},
         "index": {"file": index_info["index_file"], "id_map": index_info["id_map"], "info": "index_info.json",
                   "factory": index_info["factory"], "count": index_info["count"],

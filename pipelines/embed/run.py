@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
+from ..sources import list_parquet_files
 from . import faults
 from .config import EmbedConfig
 from .incremental import Reuse, copy_reused, has_changes, plan_reuse, write_run_record
@@ -30,7 +31,6 @@ from .manifest import build_manifest, vector_identity, write_manifest
 from .preflight import check_room_for_text
 from .ray_steps import describe_encoder, effective_instruction, embed_planned_rows, ensure_ray, placement, scan_files
 from .scan import Columns, Plan, check_columns, open_parquet, plan_rows
-from ..sources import list_parquet_files
 from .stages import read_actor_stats, vectors_schema
 
 logger = logging.getLogger(__name__)

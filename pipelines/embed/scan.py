@@ -34,7 +34,8 @@ REASONS = (NULL_ID, EMPTY_ID, NULL_TEXT, EMPTY_TEXT, NON_STRING_TEXT, DUPLICATE_
 
 GOOD_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("row", pa.int64())])
 BAD_SCHEMA = pa.schema([
-    ("row", pa.int64()), ("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("text_preview", pa.string()),
+    ("row", pa.int64()), ("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("text_preview", pa.string()),
 ])
 QUARANTINE_SCHEMA = pa.schema([
     ("id", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
@@ -166,7 +167,11 @@ def _whole_number_ids(array: pa.Array) -> pa.Array:
 
 
 def _is_text(type_: pa.DataType) -> bool:
-    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or getattr(pa.types, "is_string_view", lambda t: False)(type_)
+    return (
+        pa.types.is_string(type_)
+        or pa.types.is_large_string(type_)
+        or getattr(pa.types, "is_string_view", lambda t: False)(type_)
+    )
 
 
 def _scan_batch(batch: pa.RecordBatch, columns: Columns, offset: int) -> tuple[pa.Table, pa.Table]:

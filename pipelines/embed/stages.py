@@ -12,8 +12,8 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,9 @@ def read_planned_rows(units: pa.Table, *, columns: Columns, store_text: bool = T
             if mask.any():
                 yield _compose(batch.filter(pa.array(mask)), columns)
         if offset != num_rows:
-            raise RuntimeError(f"{path} now has {offset} rows, the scan saw {num_rows}: the input changed during the run")
+            raise RuntimeError(
+                f"{path} now has {offset} rows, the scan saw {num_rows}: the input changed during the run"
+            )
 
 
 def _compose(batch: pa.RecordBatch, columns: Columns) -> pa.Table:

@@ -6,7 +6,7 @@ Pure numpy/scipy over an `embed(texts, instruction) -> (n, d)` function, so any 
 
 from .data import load_scifact, load_stsb
 from .metrics import ndcg_at_k, spearman
-from .tasks import STS_INSTRUCTION, SCIFACT_QUERY_INSTRUCTION, evaluate_scifact, evaluate_stsb
+from .tasks import SCIFACT_QUERY_INSTRUCTION, STS_INSTRUCTION, evaluate_scifact, evaluate_stsb
 
 __all__ = ["load_scifact", "load_stsb", "ndcg_at_k", "spearman", "STS_INSTRUCTION", "SCIFACT_QUERY_INSTRUCTION",
            "evaluate_scifact", "evaluate_stsb"]

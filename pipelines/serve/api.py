@@ -124,11 +124,15 @@ def _validate(model: type[BaseModel], body: dict):
         if first["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields)
             raise ApiError(400, f"unknown field '{where}' (known: {known})", param=where) from None
-        raise ApiError(400, f"'{where}': {first['msg']}", param=str(first["loc"][0]) if first["loc"] else None) from None
+        raise ApiError(
+            400, f"'{where}': {first['msg']}", param=str(first["loc"][0]) if first["loc"] else None
+        ) from None
 
 
 def _json_type(value) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", dict: "an object", list: "a list", type(None): "null"}
+    names = {
+        bool: "a boolean", int: "a number", float: "a number", dict: "an object", list: "a list", type(None): "null"
+    }
     return names.get(type(value), type(value).__name__)
 
 

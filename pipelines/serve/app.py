@@ -111,7 +111,8 @@ class SearchService:
         vectors = await self._encode_batch(EncodeJob(served.encoder, batch))
         results = await asyncio.to_thread(served.index.search_vectors, vectors, request.k)
         return {"version": served.version, "k": request.k,
-                "results": [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in zip(request.queries, results)]}
+                "results": [{"query": q, "hits": [h.to_dict() for h in hits]}
+                            for q, hits in zip(request.queries, results)]}
 
     async def _embeddings(self, served: Served, body: dict) -> dict:
         request = parse_embeddings(body, self.limits)
@@ -142,9 +143,14 @@ class SearchService:
     def _health(self) -> JSONResponse:
         served, error = self.holder.served, self.holder.last_error
         body = {
-            "status": "no_version" if served is None else ("ok" if self.holder.published == served.version else "degraded"),
+            "status": (
+                "no_version" if served is None
+                else ("ok" if self.holder.published == served.version else "degraded")
+            ),
             "published": self.holder.published,
-            "last_reload_error": None if error is None else {"version": error.version, "error": error.error, "at": error.at},
+            "last_reload_error": (
+                None if error is None else {"version": error.version, "error": error.error, "at": error.at}
+            ),
             "model": self.config.served_model_name,
             "batching": {"max_batch_size": self.config.max_batch_size, "batch_wait_ms": self.config.batch_wait_ms,
                          "batch_tokens": self.config.batch_tokens, "max_padding": self.config.max_padding},
@@ -158,7 +164,8 @@ class SearchService:
                 "dim": served.encoder.dim,
                 "index_type": manifest["index"]["factory"],
                 "encoder": {"source": manifest["encoder"]["source"], "identity": served.identity,
-                            "device": str(served.encoder.device), "dtype": str(served.encoder.dtype).replace("torch.", "")},
+                            "device": str(served.encoder.device),
+                            "dtype": str(served.encoder.dtype).replace("torch.", "")},
                 "query_instruction": served.query_instruction,
                 "document_instruction": served.document_instruction,
                 "loaded_at": served.loaded_at,

@@ -50,7 +50,9 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
         stage = getattr(cfg, stage_name)
         if stage_name == "mntp":
             loop = mntp_loop
-            dataset = mntp_blocks(corpus, model_path=model_ref, block_size=stage.block_size, text_column=cfg.text_column)
+            dataset = mntp_blocks(
+                corpus, model_path=model_ref, block_size=stage.block_size, text_column=cfg.text_column
+            )
         else:
             loop = simcse_loop
             split = stage.split_sentences or simcse_corpus is None
@@ -73,10 +75,12 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
         history.append({
             "name": stage_name, "steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
             "num_workers": cfg.cluster.num_workers, "wall_time_s": round(wall, 1),
-            "final_loss": result.metrics.get("loss"), "corpus": simcse_corpus if stage_name == "simcse" and simcse_corpus else corpus,
+            "final_loss": result.metrics.get("loss"),
+            "corpus": simcse_corpus if stage_name == "simcse" and simcse_corpus else corpus,
             "lora": stage.lora.model_dump(), "adapter_base": base,
             **({"block_size": stage.block_size, "mask_probability": stage.mask_probability} if stage_name == "mntp"
-               else {"max_length": stage.max_length, "scale": stage.scale, "attention_dropout": stage.attention_dropout}),
+               else {"max_length": stage.max_length, "scale": stage.scale,
+                     "attention_dropout": stage.attention_dropout}),
         })
         logger.info("stage %s done in %.1f s (loss %s)", stage_name, wall, result.metrics.get("loss"))
         if index < len(cfg.stages) - 1:

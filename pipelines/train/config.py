@@ -41,11 +41,15 @@ class StageSettings(_Strict):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps; then linear decay to 0.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping; null to disable.")
-    checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints (and reports); one more at the end.")
+    checkpoint_every: int = Field(
+        100, gt=0, description="Steps between checkpoints (and reports); one more at the end."
+    )
     log_every: int = Field(1, gt=0, description="Steps between step-log lines.")
     seed: int = Field(42, description="Seed of masking, dropout and data order.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    gradient_checkpointing: bool = Field(False, description="Recompute activations (use_reentrant=False) to save memory.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations (use_reentrant=False) to save memory."
+    )
     dtype: Literal["float32", "bfloat16"] | None = Field(
         None, description="Weight dtype; null = bf16 on GPU, float32 on CPU."
     )
@@ -74,7 +78,8 @@ class SimCSESettings(StageSettings):
         "the STS one; it becomes the exported encoder's 'sts' instruction. null = plain sentences (the reference).",
     )
     split_sentences: bool = Field(
-        False, description="Split each corpus row into sentences (true for documents; false for a one-sentence-per-line file)."
+        False, description="Split each corpus row into sentences "
+        "(true for documents; false for a one-sentence-per-line file)."
     )
 
 
@@ -96,7 +101,9 @@ class ClusterSettings(_Strict):
         None, description="Checkpoints and results: local folder, NFS or cloud URI (shared, for multi-node). "
         "null = OUTPUT/ray_results."
     )
-    name: str | None = Field(None, description="Run name; re-running with the same name resumes. null = from the output folder.")
+    name: str | None = Field(
+        None, description="Run name; re-running with the same name resumes. null = from the output folder."
+    )
     max_failures: int = Field(1, ge=-1, description="Worker-group restarts after a failure (-1 = unlimited).")
     num_to_keep: int = Field(2, gt=0, description="Checkpoints kept per stage.")
 

@@ -107,7 +107,9 @@ def tokenize_sentences(batch: dict, *, model_path: str, max_length: int, split: 
         parts = split_sentences(text) if split else [text.strip()]
         sentences.extend(s for s in parts if len(s) >= min_chars)
     if not sentences:
-        return pa.table({"input_ids": pa.array([], pa.list_(pa.int32())), "pool_mask": pa.array([], pa.list_(pa.int8()))})
+        return pa.table(
+            {"input_ids": pa.array([], pa.list_(pa.int32())), "pool_mask": pa.array([], pa.list_(pa.int8()))}
+        )
     tokenized = tokenize_texts(_tokenizer(model_path), sentences, instruction, max_length=max_length)
     return pa.table({
         "input_ids": pa.array(tokenized.input_ids, pa.list_(pa.int32())),

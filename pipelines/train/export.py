@@ -39,7 +39,8 @@ def export_encoder(model_ref: str, checkpoints: list, out_dir: str | Path, *, po
     body, tokenizer = load_model(model_ref, with_lm_head=False, device="cpu", dtype="float32")
     body = merge_earlier_adapters(body, checkpoints)
     settings = EncoderSettings(
-        pooling=pooling, max_length=max_length, bidirectional=True, instructions={**DEFAULT_INSTRUCTIONS, **(instructions or {})},
+        pooling=pooling, max_length=max_length, bidirectional=True,
+        instructions={**DEFAULT_INSTRUCTIONS, **(instructions or {})},
         base_model=str(model_ref), base_model_sha256=base_model_sha256(model_ref), stages=stages,
     )
     out_dir = Path(out_dir)
