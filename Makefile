@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench clean gpu-check gpu-check-bundle
 
 setup: $(STAMP)
 
@@ -36,6 +36,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_encode.py
+
+# The GPU check (docs/gpu.md): with this venv when there is one, else the machine's python3
+# (a lent GPU machine has torch, transformers and peft but no venv of ours).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_OUT ?= out/gpu_check
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT) $(GPU_CHECK_ARGS)
+
+# gpu_bundle/: the default tokenizer's files and the wheels a GPU machine lacks, to carry there
+gpu-check-bundle: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --bundle gpu_bundle
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_out

@@ -30,7 +30,7 @@ from .pooling import pool
 from .tokenize import TokenizedBatch
 
 DEFAULT_ROW_TOKENS = 1024  # dense masks cost rows x L^2: keep rows short unless the kernel skips tiles
-FLEX_LENGTH_MULTIPLE = 1024
+FLEX_ROW_TOKENS = 8192  # FlexAttention skips masked tiles, but its BlockMask is built from a dense L x L grid
 _PAD_SEGMENT = -1
 
 
@@ -73,7 +73,7 @@ def plan_passes(n_tokens: Sequence[int], batch_tokens: int, row_tokens: int) -> 
     rows = plan_rows(n_tokens, row_tokens)
     passes: list[list[list[int]]] = []
     current: list[list[int]] = []
-    for row in rows:  # fullest rows first: rows of one pass have similar lengths
+    for row in rows:  # in the order they were opened: full rows first, the emptier last ones together
         length = max(row_length(n_tokens, r) for r in current + [row])
         if current and (len(current) + 1) * length > batch_tokens:
             passes.append(current)
@@ -89,18 +89,27 @@ def row_length(n_tokens: Sequence[int], row: list[int]) -> int:
 
 
 def default_row_tokens(model, batch_tokens: int) -> int:
-    """One long row for kernels that skip masked work (flash varlen, FlexAttention); short rows
-    for dense masks, whose cost grows with the square of the row length."""
+    """Long rows for kernels that skip masked work (flash varlen: one row per pass; FlexAttention);
+    short rows for dense masks, whose cost grows with the square of the row length."""
     implementation = str(model.config._attn_implementation)
-    if "flash" in implementation or implementation == "flex_attention":
+    if "flash" in implementation:
         return batch_tokens
+    if implementation == "flex_attention":
+        return min(batch_tokens, FLEX_ROW_TOKENS)
     return min(batch_tokens, DEFAULT_ROW_TOKENS)
 
 
-def pack(batch: TokenizedBatch, rows: list[list[int]], pad_id: int, multiple: int = 1) -> PackedRows:
-    """Lay the texts of `rows` end to end; rows are right-padded to the longest row, rounded up to
-    `multiple`."""
-    length = -(-max(row_length(batch.n_tokens, row) for row in rows) // multiple) * multiple
+def padded_row_length(implementation: str, longest: int) -> int:
+    """The row length of a pass whose longest row holds `longest` tokens. FlexAttention is compiled
+    for each new shape: powers of two keep the shapes (and the recompiles) few."""
+    if implementation == "flex_attention":
+        return max(128, 1 << (longest - 1).bit_length())
+    return longest
+
+
+def pack(batch: TokenizedBatch, rows: list[list[int]], pad_id: int, length: int = 0) -> PackedRows:
+    """Lay the texts of `rows` end to end; rows are right-padded to the longest row (or `length`)."""
+    length = max(length, max(row_length(batch.n_tokens, row) for row in rows))
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), length), dtype=torch.long)
     segments = torch.full((len(rows), length), _PAD_SEGMENT, dtype=torch.long)
@@ -227,9 +236,8 @@ def unpack(hidden: torch.Tensor, spans: Sequence[tuple[int, int, int]]) -> tuple
 def pool_packed(model, batch: TokenizedBatch, rows: list[list[int]], *, pad_id: int, pooling: str,
                 bidirectional: bool) -> torch.Tensor:
     """One packed pass over the texts of `rows` -> float32 (texts, d), in `rows` order flattened."""
-    # FlexAttention is compiled for each new shape: a few rounded lengths keep recompiles rare.
-    multiple = FLEX_LENGTH_MULTIPLE if model.config._attn_implementation == "flex_attention" else 1
-    packed = pack(batch, rows, pad_id, multiple)
+    longest = max(row_length(batch.n_tokens, row) for row in rows)
+    packed = pack(batch, rows, pad_id, padded_row_length(str(model.config._attn_implementation), longest))
     hidden = packed_hidden(model, packed, bidirectional=bidirectional)
     per_text, attention = unpack(hidden, packed.spans)
     order = [i for row in rows for i in row]
