@@ -241,7 +241,7 @@ def pool_packed(model, batch: TokenizedBatch, rows: list[list[int]], *, pad_id: 
     hidden = packed_hidden(model, packed, bidirectional=bidirectional)
     per_text, attention = unpack(hidden, packed.spans)
     order = [i for row in rows for i in row]
-    pool_mask = torch.zeros_like(attention)
+    pool_mask = torch.zeros(attention.shape, dtype=torch.long)  # filled on the host, copied once
     for j, i in enumerate(order):
-        pool_mask[j, : batch.n_tokens[i]] = torch.tensor(batch.pool_mask[i], device=pool_mask.device)
-    return pool(per_text.float(), pool_mask, pooling, attention)
+        pool_mask[j, : batch.n_tokens[i]] = torch.tensor(batch.pool_mask[i])
+    return pool(per_text.float(), pool_mask.to(attention.device), pooling, attention)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from l2v_core import Encoder, EncoderSettings
-from l2v_core.packing import (allowed_pairs, attention_masks, document_mask_mod, plan_passes, plan_rows,
-                              pool_packed)
+from l2v_core.packing import (allowed_pairs, attention_masks, default_row_tokens, document_mask_mod,
+                              padded_row_length, plan_passes, plan_rows, pool_packed)
 from l2v_core.testing import tiny_model_and_tokenizer
 
 TEXTS = [
@@ -136,6 +136,16 @@ def test_mask_forms_per_attention_implementation():
     assert masks["full_attention"][0, 0, 0, 2] and not masks["sliding_attention"][0, 0, 0, 2]
     with pytest.raises(ValueError, match="packed=False"):
         attention_masks(model("paged_attention"), segments, bidirectional=True, dtype=torch.float32)
+
+
+def test_flash_attention_gets_one_row_per_pass_and_flex_few_shapes():
+    flash = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
+    lengths = [300, 200, 120, 90, 60, 500, 7]
+    passes = plan_passes(lengths, 512, default_row_tokens(flash, 512))
+    assert all(len(rows) == 1 for rows in passes)  # varlen packing reads one row of position_ids
+    assert sorted(i for rows in passes for row in rows for i in row) == list(range(len(lengths)))
+    assert [padded_row_length("flex_attention", n) for n in (3, 128, 129, 8000)] == [128, 128, 256, 8192]
+    assert padded_row_length("sdpa", 129) == 129
 
 
 def test_packed_refuses_a_padded_plan():
