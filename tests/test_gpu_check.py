@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,3 +63,17 @@ def test_the_budget_skips_what_no_longer_fits(tmp_path):
     checks = json.loads((tmp_path / "gpu_check.json").read_text())["checks"]
     assert checks["environment"]["status"] == "passed"
     assert checks["pytest_gpu"]["status"] == "skipped" and "budget" in checks["pytest_gpu"]["why"]
+
+
+def test_the_check_imports_no_ray_faiss_or_pipelines():
+    """The GPU machine has neither Ray nor FAISS: the script and what it imports must not need them."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('gpu_check', {str(REPO / 'benchmarks' / 'gpu_check.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['gpu_check'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "import l2v_core.contrastive, l2v_core.lora, l2v_core.mntp, l2v_core.packing, l2v_core.testing, peft\n"
+        "print(sorted(m for m in ('ray', 'faiss', 'pipelines') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
