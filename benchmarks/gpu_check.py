@@ -164,7 +164,7 @@ def _free(device: torch.device) -> None:
 def flash_importable() -> bool:
     try:
         import flash_attn  # noqa: F401
-    except ImportError:
+    except Exception:  # absent, or built against another torch/CUDA
         return False
     return True
 
@@ -183,11 +183,12 @@ def implementations(device: torch.device) -> list[str]:
 # ------------------------------------------------------------------------------------ 0. environment
 def check_environment(profile: Profile) -> dict:
     import peft
+    import pydantic
     import transformers
 
     device = torch.device(profile.device)
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "numpy": np.__version__, "cuda": torch.version.cuda,
+           "peft": peft.__version__, "numpy": np.__version__, "pydantic": pydantic.VERSION, "cuda": torch.version.cuda,
            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
            "flash_attn": flash_importable(), "threads": torch.get_num_threads()}
     env["matmul_tflops"] = float(f"{measure_matmul_tflops(device, profile.dtype, profile.matmul_n):.4g}")
@@ -228,14 +229,19 @@ def check_probe(profile: Profile) -> dict:
             except (ValueError, ImportError) as err:  # transformers refuses this implementation here
                 results[key] = {"supported": False, "why": str(err).split(". ")[0][:300]}
                 continue
-            model = model.to(device, profile.dtype)
-            set_attention_mode(model, bidirectional=True, verify=False)
-            bidirectional = probe_is_bidirectional(model)
-            set_attention_mode(model, bidirectional=False, verify=False)
-            causal = not probe_is_bidirectional(model)
+            ran_any = True
+            try:
+                model = model.to(device, profile.dtype)
+                set_attention_mode(model, bidirectional=True, verify=False)
+                bidirectional = probe_is_bidirectional(model)
+                set_attention_mode(model, bidirectional=False, verify=False)
+                causal = not probe_is_bidirectional(model)
+            except Exception as err:  # e.g. the probe's mask / no-mask disagreement: record, go on
+                log.error("probe %s raised:\n%s", key, traceback.format_exc())
+                results[key], ok = {"error": f"{type(err).__name__}: {err}"[:500]}, False
+                continue
             results[key] = {"bidirectional": bidirectional, "causal_when_asked": causal}
             ok &= bidirectional and causal
-            ran_any = True
             log.info("probe %s: bidirectional=%s causal_when_asked=%s", key, bidirectional, causal)
         ok &= ran_any
     return {"passed": ok, "dtype": str(profile.dtype), "results": results}
