@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup test test-all demo bench clean lint
+.PHONY: setup test test-fast demo bench clean lint gpu-check gpu-check-bundle
 
 setup: $(STAMP)
 
@@ -26,7 +26,9 @@ $(STAMP): pyproject.toml Makefile deploy/install.sh
 	  echo "note: chromium not installed (needs root and apt-get); the browser test will skip"; }
 	touch $(STAMP)
 
+# lint first (seconds), then every test but the GPU ones
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 # the fast subset: no real default model, no multi-worker Ray Train
@@ -42,6 +44,17 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_encode.py
+
+# The GPU check (docs/gpu.md): with this venv when there is one, else the machine's python3
+# (a lent GPU machine has torch, transformers and peft but no venv of ours).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_OUT ?= out/gpu_check
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out $(GPU_OUT) $(GPU_CHECK_ARGS)
+
+# gpu_bundle/: the default tokenizer's files and the wheels a GPU machine lacks, to carry there
+gpu-check-bundle: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --bundle gpu_bundle
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo_out

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from .batching import DEFAULT_MAX_PADDING, plan_micro_batches
 from .bidirectional import set_attention_mode
 from .loading import backbone_of, files_sha256, load_model, resolve_model_path, weights_sha256
+from .packing import default_row_tokens, plan_passes, pool_packed
 from .pooling import pool
 from .settings import CONFIG_FILE, EncoderSettings
 from .tokenize import TokenizedBatch, tokenize_texts
@@ -53,7 +55,7 @@ class Encoder:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         trust_remote_code: bool = False,
-    ) -> "Encoder":
+    ) -> Encoder:
         """Load an encoder. `None` is the default model (SmolLM2-135M-Instruct, offline).
 
         Defaults: bidirectional=True, pooling="mean", max_length=512 (capped by the model's
@@ -69,7 +71,8 @@ class Encoder:
         model, tokenizer = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit and settings.max_length > limit:
-            logger.warning("max_length %d exceeds the model's %d positions; using %d", settings.max_length, limit, limit)
+            logger.warning("max_length %d exceeds the model's %d positions; using %d",
+                           settings.max_length, limit, limit)
             settings.max_length = limit
         source = path if Path(path).is_dir() else None
         return cls(model, tokenizer, settings, source_dir=source)
@@ -122,6 +125,7 @@ class Encoder:
         normalize: bool = True,
         show_progress: bool = False,
         max_padding: float = DEFAULT_MAX_PADDING,
+        packed: bool = False,
     ) -> np.ndarray:
         """Embed `texts` -> float32 array (n, dim), rows in input order.
 
@@ -131,32 +135,45 @@ class Encoder:
         An empty list gives a (0, dim) array. Empty or whitespace-only texts and non-strings raise
         (they have nothing to embed; see `check_texts`). Texts over `max_length` tokens are truncated
         and counted in a warning.
+
+        `packed=True` lays several texts end to end in each row instead of padding them (attention
+        stays inside each text; see `l2v_core.packing`): the same vectors up to rounding, fewer
+        computed positions. Opt-in until the GPU check (docs/gpu.md) has measured it on CUDA.
         """
         batch = self.tokenize(texts, instruction)
         n_truncated = sum(batch.truncated)
         if n_truncated:
-            logger.warning("%d of %d texts truncated to max_length=%d tokens", n_truncated, len(batch), self.settings.max_length)
+            logger.warning("%d of %d texts truncated to max_length=%d tokens",
+                           n_truncated, len(batch), self.settings.max_length)
         return self.encode_tokenized(batch, batch_tokens=batch_tokens, normalize=normalize, show_progress=show_progress,
-                                     max_padding=max_padding)
+                                     max_padding=max_padding, packed=packed)
 
     @torch.inference_mode()
     def encode_tokenized(
         self, batch: TokenizedBatch, *, batch_tokens: int = DEFAULT_BATCH_TOKENS, normalize: bool = True,
         show_progress: bool = False, micro_batches: list[list[int]] | None = None,
-        max_padding: float = DEFAULT_MAX_PADDING,
+        max_padding: float = DEFAULT_MAX_PADDING, packed: bool = False,
     ) -> np.ndarray:
         """Embed pre-tokenized texts. Sorts by length, cuts micro-batches so that padded
         (rows x longest) stays within `batch_tokens` and padding under `max_padding`, and
         restores the input order. `micro_batches` (row groups) replaces that plan, e.g. to
-        compare batching strategies."""
+        compare batching strategies. `packed=True`: packed passes instead (see `encode`)."""
         out = np.empty((len(batch), self.dim), dtype=np.float32)
         if len(batch) == 0:
             return out
-        if micro_batches is None:
-            micro_batches = plan_micro_batches(batch.n_tokens, batch_tokens, max_padding)
+        if packed and micro_batches is not None:
+            raise ValueError("micro_batches plans padded passes; pass packed=False with it")
+        if packed:
+            passes = plan_passes(batch.n_tokens, batch_tokens, default_row_tokens(self.model, batch_tokens))
+            micro_batches = [[i for row in rows for i in row] for rows in passes]
+            forwards = [functools.partial(self._forward_packed, batch, rows) for rows in passes]
+        else:
+            if micro_batches is None:
+                micro_batches = plan_micro_batches(batch.n_tokens, batch_tokens, max_padding)
+            forwards = [functools.partial(self._forward, batch, rows) for rows in micro_batches]
         progress = _progress(len(batch), show_progress)
-        for rows in micro_batches:
-            vectors = self._forward(batch, rows)
+        for rows, forward in zip(micro_batches, forwards):
+            vectors = forward()
             if normalize:
                 vectors = F.normalize(vectors, dim=-1)
             out[rows] = vectors.cpu().numpy()
@@ -180,6 +197,11 @@ class Encoder:
         device = self.device
         hidden = self.model(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state
         return pool(hidden.float(), pooled.to(device), self.settings.pooling, attention.to(device))
+
+    def _forward_packed(self, batch: TokenizedBatch, rows: list[list[int]]) -> torch.Tensor:
+        """One packed forward pass over the texts of `rows` -> float32 (texts, dim)."""
+        return pool_packed(self.model, batch, rows, pad_id=self.tokenizer.pad_token_id,
+                           pooling=self.settings.pooling, bidirectional=self.settings.bidirectional)
 
     # ---------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike, *, eval_report: str | os.PathLike | dict | None = None) -> Path:
