@@ -4,7 +4,7 @@ the step log. Runs inside Ray Train workers (and in-process with num_workers=0).
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
 import tempfile
 import time
@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -253,5 +254,20 @@ def autocast(stage, device: torch.device):
 
 
 def seed_everything(seed: int) -> None:
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    torch.manual_seed(seed)
+    """Seed every random source a loop draws from: Python's `random`, numpy and torch (CPU and
+    CUDA). The one seeding call of both loops: before the model is built (the LoRA init, the same
+    on every rank) and again with `stream_seed` before the first step (dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every device's generator, CUDA included
+
+
+MASKS, DROPOUT = 0, 1  # the streams a loop draws from after the model is built
+
+
+def stream_seed(seed: int, rank: int, step: int, stream: int) -> int:
+    """The seed of one rank's random stream (MASKS, DROPOUT) from `step` on: different on every
+    rank (different draws for different rows), after a resume (no replay of the first steps'
+    draws) and for each stream (masks and dropout never share draws); the same for the same
+    (seed, rank, step, stream) on every run."""
+    return seed * 100_003 + rank * 1009 + step + stream * 1_000_000_007

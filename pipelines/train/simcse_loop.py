@@ -24,8 +24,8 @@ from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
 from .distributed import all_gather_with_grad, prepare_for_training
-from .loop_tools import (autocast, batches, clip_and_step, load_checkpoint, make_optimizer, merge_earlier_adapters,
-                         report, seed_everything, start_worker)
+from .loop_tools import (DROPOUT, autocast, batches, clip_and_step, load_checkpoint,
+                         make_optimizer, merge_earlier_adapters, report, seed_everything, start_worker, stream_seed)
 
 
 def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +60,7 @@ def simcse_loop(config: dict) -> None:
     optimizer, scheduler = make_optimizer(lora_body, stage)
     state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
     start_step = state.step
-    torch.manual_seed(stage.seed * 100_003 + rank * 1009 + state.step)  # dropout differs per rank and step
+    seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)
     shard = ray.train.get_dataset_shard("train")
     fail_at = config.get("fail_at_step")
