@@ -4,22 +4,27 @@ the step log. Runs inside Ray Train workers (and in-process with num_workers=0).
 from __future__ import annotations
 
 import json
-import os
+import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from transformers import get_linear_schedule_with_warmup
 
-from l2v_core.lora import load_adapter, load_lora_state_dict, lora_state_dict, merge_lora, save_adapter
+from l2v_core.lora import load_adapter, load_lora_state_dict, merge_lora, save_adapter
 
 # Full (unsharded) tensors on the CPU, trainable ones only: the same checkpoint for DDP, FSDP and
 # one worker, and a few MB for a LoRA whatever the size of the frozen base.
@@ -38,7 +43,7 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this worker's shard consumed in `epoch`
 
 
-def start_worker(stage: str, config: dict) -> tuple[int, int, torch.device, int, "StepLog"]:
+def start_worker(stage: str, config: dict) -> tuple[int, int, torch.device, int, StepLog]:
     """What every stage's loop starts with: (rank, world size, device, nodes spanned, step log),
     with this worker's CPU threads set."""
     rank, world = rank_and_world()
@@ -121,7 +126,7 @@ class Resumed:
         return self.state
 
 
-def load_checkpoint(peft_model, log: "StepLog") -> Resumed:
+def load_checkpoint(peft_model, log: StepLog) -> Resumed:
     """Load the adapter of this run's latest checkpoint, if any (a resumed or restarted run), into
     `peft_model`. Call it before the model is wrapped for training: the adapter file holds full
     tensors, which a sharded (FSDP) model cannot take as they are. The optimizer follows later,
@@ -173,7 +178,7 @@ def batches(shard, batch_size: int, state: TrainState, total_steps: int, *, seed
         state.batch_in_epoch = 0
 
 
-def report(state: TrainState, metrics: dict, peft_model, optimizer, scheduler, log: "StepLog", stage_info: dict) -> None:
+def report(state: TrainState, metrics: dict, peft_model, optimizer, scheduler, log: StepLog, stage_info: dict) -> None:
     """Every rank reports (it is a barrier) and gathers the full adapter and optimizer state (a
     collective under FSDP); rank 0 alone writes and attaches the checkpoint."""
     rank, _ = rank_and_world()
@@ -253,5 +258,20 @@ def autocast(stage, device: torch.device):
 
 
 def seed_everything(seed: int) -> None:
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    torch.manual_seed(seed)
+    """Seed every random source a loop draws from: Python's `random`, numpy and torch (CPU and
+    CUDA). The one seeding call of both loops: before the model is built (the LoRA init, the same
+    on every rank) and again with `stream_seed` before the first step (dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every device's generator, CUDA included
+
+
+MASKS, DROPOUT = 0, 1  # the streams a loop draws from after the model is built
+
+
+def stream_seed(seed: int, rank: int, step: int, stream: int) -> int:
+    """The seed of one rank's random stream (MASKS, DROPOUT) from `step` on: different on every
+    rank (different draws for different rows), after a resume (no replay of the first steps'
+    draws) and for each stream (masks and dropout never share draws); the same for the same
+    (seed, rank, step, stream) on every run."""
+    return seed * 100_003 + rank * 1009 + step + stream * 1_000_000_007

@@ -21,8 +21,20 @@ from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
 from .config import MNTPSettings
 from .distributed import mean_over_ranks, prepare_for_training
-from .loop_tools import (autocast, batches, clip_and_step, load_checkpoint, make_optimizer, merge_earlier_adapters,
-                         report, seed_everything, start_worker)
+from .loop_tools import (
+    DROPOUT,
+    MASKS,
+    autocast,
+    batches,
+    clip_and_step,
+    load_checkpoint,
+    make_optimizer,
+    merge_earlier_adapters,
+    report,
+    seed_everything,
+    start_worker,
+    stream_seed,
+)
 
 
 def mntp_loop(config: dict) -> None:
@@ -49,8 +61,10 @@ def mntp_loop(config: dict) -> None:
     mask_id = resolve_mask_token_id(tokenizer, stage.mask_token)
     special_ids = tokenizer.all_special_ids
     vocab_size = min(len(tokenizer), model.config.vocab_size)  # random replacements stay inside both
-    # Rank- and step-dependent masking: a resumed run does not replay the same masks.
-    generator = torch.Generator().manual_seed(stage.seed * 100_003 + rank * 1009 + state.step)
+    # Masks and LoRA dropout differ per rank and step (a resumed run does not replay the same
+    # draws) and are the same for the same seed on every run.
+    seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))
+    generator = torch.Generator().manual_seed(stream_seed(stage.seed, rank, state.step, MASKS))
     per_worker = stage.batch_size // max(world, 1)
     shard = ray.train.get_dataset_shard("train")
     fail_at = config.get("fail_at_step")
@@ -80,4 +94,5 @@ def mntp_loop(config: dict) -> None:
                      epoch=state.epoch)
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": mean_loss, "start_step": start_step, "nodes": nodes}
-            report(state, metrics, lora_body, optimizer, scheduler, log, {"stage": "mntp", "model_path": config["model_path"]})
+            report(state, metrics, lora_body, optimizer, scheduler, log,
+                   {"stage": "mntp", "model_path": config["model_path"]})

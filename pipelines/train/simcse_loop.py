@@ -24,8 +24,19 @@ from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
 from .distributed import all_gather_with_grad, prepare_for_training
-from .loop_tools import (autocast, batches, clip_and_step, load_checkpoint, make_optimizer, merge_earlier_adapters,
-                         report, seed_everything, start_worker)
+from .loop_tools import (
+    DROPOUT,
+    autocast,
+    batches,
+    clip_and_step,
+    load_checkpoint,
+    make_optimizer,
+    merge_earlier_adapters,
+    report,
+    seed_everything,
+    start_worker,
+    stream_seed,
+)
 
 
 def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +71,7 @@ def simcse_loop(config: dict) -> None:
     optimizer, scheduler = make_optimizer(lora_body, stage)
     state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
     start_step = state.step
-    torch.manual_seed(stage.seed * 100_003 + rank * 1009 + state.step)  # dropout differs per rank and step
+    seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)
     shard = ray.train.get_dataset_shard("train")
     fail_at = config.get("fail_at_step")
@@ -89,4 +100,5 @@ def simcse_loop(config: dict) -> None:
                      tokens_per_s_per_worker=round(2 * int(attention.sum()) / step_time, 1), epoch=state.epoch)
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
-            report(state, metrics, lora_body, optimizer, scheduler, log, {"stage": "simcse", "model_path": config["model_path"]})
+            report(state, metrics, lora_body, optimizer, scheduler, log,
+                   {"stage": "simcse", "model_path": config["model_path"]})

@@ -6,12 +6,14 @@ checkpoint (Ray Train V2 restores it and `ray.train.get_checkpoint()` returns it
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import ray
+import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
@@ -65,7 +67,19 @@ def build_trainer(
         failure_config=ray.train.FailureConfig(max_failures=cluster.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cluster.num_to_keep),
     )
-    return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run, datasets=datasets)
+    return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run, datasets=datasets,
+                        dataset_config=ordered_ingest())
+
+
+def ordered_ingest() -> ray.train.DataConfig:
+    """Ray Data hands blocks on in the order their tasks finish unless told otherwise, and that
+    order depends on the machine's load: the same seed would then train on a different row order.
+    With preserve_order the blocks reach the split, and each worker, in corpus order, so a seed
+    fixes the data order (the split gives blocks out by rows dispatched, a deterministic rule)."""
+    # the driver's options, as Ray Train's default
+    options = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options=options)
 
 
 def run_stage(
