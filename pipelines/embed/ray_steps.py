@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 ACTOR_MAX_RESTARTS = 4
 ACTOR_MAX_TASK_RETRIES = 4
 WRITE_BATCHES_PER_FILE = 8  # vectors files hold about this many embed batches
+ACTOR_START_TIMEOUT_S = 1800  # model loading on every actor (a 7B model from shared storage takes minutes)
 
 
 class BadFileError(RuntimeError):
@@ -138,7 +139,12 @@ def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict,
     if not units:
         pq.write_table(vectors_schema(encoder["dim"], cfg.store_text).empty_table(), vectors_dir / "empty.parquet")
         return 0.0
-    ray.data.DataContext.get_current().max_errored_blocks = 0  # a failed block fails the run: no silent loss
+    context = ray.data.DataContext.get_current()
+    context.max_errored_blocks = 0  # a failed block fails the run: no silent loss
+    # Start work only once every embed actor has loaded its model: otherwise the first actor up
+    # takes every block of a small or single-file corpus while the others are still loading.
+    # placement() has already refused pools the cluster cannot hold, so this wait ends.
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     columns = Columns(cfg.id_column, cfg.text_column, cfg.title_column)
     instruction = effective_instruction(cfg, encoder)
     ds = ray.data.from_items(units, override_num_blocks=len(units))
