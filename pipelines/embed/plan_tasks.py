@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import faults
 from .scan import DUPLICATE_ID, GOOD_SCHEMA, QUARANTINE_SCHEMA, Columns, scan_file
 
 ROW_BITS = 40  # a row's place in input order: (file_index << 40) + row; a stored row's rank: (source << 40) + row
@@ -198,9 +199,11 @@ def stored_to_partitions(path: str, source: int, schema: pa.Schema, plan_dir: st
 
 
 # ------------------------------------------------------------------ task 3: one id partition
-def resolve_partition(partition: int, plan_dir: str, files: list[str], published_sources: int) -> PartitionResult:
+def resolve_partition(partition: int, plan_dir: str, files: list[str], published_sources: int,
+                      fault: str | None = None) -> PartitionResult:
     """Dedupe this partition's valid rows, diff them against its stored rows, and write the rows
-    to embed, the rows to reuse and the duplicates' quarantine."""
+    to embed, the rows to reuse and the duplicates' quarantine. A retried task (its worker lost)
+    rewrites the same files."""
     folder, plan_dir = _partition_dir(plan_dir, partition), Path(plan_dir)
     rows = _read_all(sorted(folder.glob("input-*.parquet")), INPUT_SCHEMA)
     stored = _read_all(sorted(folder.glob("stored-*.parquet")), STORED_SCHEMA)
@@ -213,6 +216,8 @@ def resolve_partition(partition: int, plan_dir: str, files: list[str], published
         _write(reused, plan_dir / REUSE, name)
     if duplicates.num_rows:
         _write(duplicates, plan_dir / QUARANTINE, f"dup-{partition:05d}.parquet")
+    if partition == 0:
+        faults.once(fault, faults.PLAN_TASK, plan_dir)  # crash tests only: the worker dies after writing
     return PartitionResult(
         partition, kept=kept.num_rows, duplicates=duplicates.num_rows, deleted=deleted,
         fingerprint=fingerprint(duplicates),

@@ -29,7 +29,7 @@ from .index_update import plan_index_update, update_index
 from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree, vector_files_of
 from .manifest import build_manifest, vector_identity, write_manifest
 from .plan import PlanSummary, choose_partitions, finish_plan, has_changes, published_quarantine, start_scan
-from .plan_tasks import EMBED, PLAN_FILE, REUSE, merge_quarantine, reused_ids
+from .plan_tasks import QUARANTINE, SHUFFLE, merge_quarantine, reused_ids
 from .preflight import check_room_for_text
 from .ray_steps import (
     EncoderInfo,
@@ -46,7 +46,7 @@ from .stages import INPUT_CHANGED, read_actor_stats, vectors_schema
 logger = logging.getLogger(__name__)
 
 PLAN_DIR = "plan"  # in the version folder: the plan's parquet (plan_tasks.py) and plan.json
-PLAN_KEPT = (EMBED, REUSE, PLAN_FILE)  # what stays of it in a published version; the shuffle is removed
+PLAN_SCRATCH = (SHUFFLE, QUARANTINE)  # removed before publishing; plan/embed, plan/reuse, plan.json stay
 
 
 class WouldDeleteEverythingError(ValueError):
@@ -230,9 +230,8 @@ def _check_vector_count(plan: PlanSummary, version_dir: Path) -> None:
 
 def _drop_plan_scratch(plan_dir: Path) -> None:
     """The shuffle and the quarantine pieces were only needed to make the plan."""
-    for path in plan_dir.iterdir():
-        if path.name not in PLAN_KEPT:
-            shutil.rmtree(path, ignore_errors=True)
+    for name in PLAN_SCRATCH:
+        shutil.rmtree(plan_dir / name, ignore_errors=True)
 
 
 def _published(layout: OutputLayout, incremental: bool) -> str | None:
