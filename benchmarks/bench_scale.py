@@ -87,7 +87,7 @@ def publish_from_plan(output: Path, plan_dir: Path) -> None:
     """A published version whose vectors are the plan's rows to embed, written through the modules
     that own each format. No model: 4-d zero vectors (the diff reads only id and content_hash)."""
     from pipelines.embed.layout import OutputLayout
-    from pipelines.embed.manifest import vector_identity, write_manifest
+    from pipelines.embed.manifest import vector_identity
     from pipelines.embed.plan_tasks import EMBED
     from pipelines.embed.stages import vectors_schema
 
@@ -105,7 +105,7 @@ def publish_from_plan(output: Path, plan_dir: Path) -> None:
         pq.write_table(table, version_dir / "vectors" / f"part-{n:05d}.parquet")
         rows += keys.num_rows
     identity = vector_identity({"model": "bench_scale synthetic", "dim": DIM}, "float32", None, None)
-    write_manifest(version_dir, {
+    layout.write_manifest(name, {
         "format": "l2v-embed/1", "version": name, "vector_identity": identity,
         "vectors": {"dir": "vectors", "dim": DIM, "rows": rows, "columns": schema.names},
         "counts": {"rows_truncated": 0}, "index": {"count": rows}, "quarantine": {},
@@ -217,6 +217,7 @@ def main(argv=None) -> int:
     sizes = [2000] if args.quick else [parse_size(s) for s in args.sizes.split(",")]
     files = 4 if args.quick else args.files
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("RAY_ADDRESS", "local")  # a fresh local Ray, never a cluster someone left running here
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for rows in sizes:
             compare = Path(args.compare).resolve() if args.compare else None

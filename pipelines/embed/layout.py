@@ -158,6 +158,19 @@ class OutputLayout:
             raise DamagedOutputError(f"{path} is not a manifest (not a JSON object): the output is damaged; {REPAIR}")
         return manifest
 
+    def write_manifest(self, name: str, manifest: dict) -> Path:
+        """Write a version's manifest atomically (tmp + fsync + rename): whole or absent. Written last."""
+        version_dir = self.version_dir(name)
+        path = version_dir / MANIFEST
+        tmp = version_dir / f".{MANIFEST}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
     def publish(self, name: str) -> None:
         """Atomically point CURRENT at `name` (which must be complete)."""
         if not self.is_complete(name):

@@ -1,5 +1,6 @@
-"""manifest.json: what a version holds and how it was made. Written last; its presence marks a
-version complete.
+"""manifest.json's contents: what a version holds and how it was made. `layout.py` owns the file
+(reads it, writes it last and atomically: its presence marks a version complete); this module
+says what goes in it.
 
 The incremental re-index (issue 5) reads the published manifest to decide what it may reuse:
 `vector_identity` must be equal (same encoder weights and settings, same instruction and text
@@ -8,14 +9,12 @@ composition), and the vectors parquet's (id, content_hash) say which documents a
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .layout import MANIFEST, QUARANTINE_FILE, VECTORS, vector_files_of
+from .layout import QUARANTINE_FILE, VECTORS, vector_files_of
 
 FORMAT = "l2v-embed/1"
 TEXT_COMPOSITION = "title.strip() + '\\n\\n' + text when the row has a non-empty title, else text"
@@ -87,16 +86,3 @@ def missing_parts(version_dir: Path, manifest: dict) -> tuple[list[str], list[st
     named = [index.get("file"), index.get("id_map"), index.get("info"), quarantine.get("file")]
     others = [f"{name} is missing" for name in named if name and not (version_dir / name).is_file()]
     return vectors, others
-
-
-def write_manifest(version_dir: Path, manifest: dict) -> Path:
-    """Write atomically (tmp + rename): a manifest is either whole or absent."""
-    path = version_dir / MANIFEST
-    tmp = version_dir / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path

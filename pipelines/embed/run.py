@@ -27,7 +27,7 @@ from .incremental import ReuseSources, copy_reused, published_identity, reuse_so
 from .index_build import build_index
 from .index_update import plan_index_update, update_index
 from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree, vector_files_of
-from .manifest import build_manifest, vector_identity, write_manifest
+from .manifest import build_manifest, vector_identity
 from .plan import PlanSummary, choose_partitions, finish_plan, has_changes, published_quarantine, start_scan
 from .plan_tasks import QUARANTINE, SHUFFLE, merge_quarantine, reused_ids
 from .preflight import check_room_for_text
@@ -153,7 +153,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
                                "skipped_files": list(plan.skipped_files)}
         manifest["plan"] = {"dir": PLAN_DIR, "partitions": plan.partitions, "seconds": plan.seconds}
         sync_tree(version_dir)
-        write_manifest(version_dir, manifest)  # last: marks the version complete
+        layout.write_manifest(version, manifest)  # last: marks the version complete
         faults.point("before_publish")
         layout.publish(version)
         layout.prune(cfg.keep_versions, writing=version)
