@@ -145,8 +145,12 @@ def finish_plan(scan_refs: list[ray.ObjectRef], files: list[str], sources: Reuse
                     for p in range(partitions)]
     parts: list[PartitionResult] = _wait(resolve_refs, "resolved", "id partitions")
     summary = _summarize(scans, bad_files, parts, sources, skipped, plan_dir, partitions, previous)
-    summary = _with_seconds(summary, {"scan": round(scanned_s, 3),
-                                      "resolve": round(time.perf_counter() - started - scanned_s, 3)})
+    summary = _with_seconds(summary, {
+        "scan": round(scanned_s, 3), "resolve": round(time.perf_counter() - started - scanned_s, 3),
+        # CPU seconds of the tasks, summed: the plan's cost, whatever else the cluster was doing
+        "scan_cpu": round(sum(s.cpu_s for s in scans) + sum(s.cpu_s for s in stored), 3),
+        "resolve_cpu": round(sum(p.cpu_s for p in parts), 3),
+    })
     (plan_dir / PLAN_FILE).write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 

@@ -29,6 +29,7 @@ it, meet in one task: the two decisions below need nothing from other partitions
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class ScannedFile:
     error: str | None = None
     missing_columns: str | None = None
     bad_id_type: str | None = None
+    cpu_s: float = 0.0  # the task's CPU time: plan cost independent of how busy the cluster was
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class StoredFile:
     source: int
     rows: int = 0
     error: str | None = None
+    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class PartitionResult:
     fingerprint: int = 0  # of its duplicate quarantine rows
     to_embed_by_file: dict[int, int] = field(default_factory=dict)
     reused_by_source: dict[int, int] = field(default_factory=dict)
+    cpu_s: float = 0.0
 
 
 # ------------------------------------------------------------------ helpers
@@ -152,6 +156,7 @@ def _write(table: pa.Table, folder: Path, name: str) -> None:
 def scan_to_partitions(uri: str, file_index: int, columns: Columns, plan_dir: str, partitions: int) -> ScannedFile:
     """Scan one input file: its quarantine rows to quarantine/scan-NNNNNN.parquet, its valid rows
     to their id partitions."""
+    cpu = time.process_time()
     scan = scan_file(uri, columns)
     if scan.good is None:
         return ScannedFile(uri, file_index, error=scan.error, missing_columns=scan.missing_columns,
@@ -169,7 +174,8 @@ def scan_to_partitions(uri: str, file_index: int, columns: Columns, plan_dir: st
         _write_partitioned(good, partition_of(good.column("id"), partitions), Path(plan_dir),
                            f"input-{file_index:06d}.parquet")
     return ScannedFile(uri, file_index, num_rows=scan.num_rows, valid=good.num_rows,
-                       quarantined=_by_reason(quarantine), fingerprint=fingerprint(quarantine))
+                       quarantined=_by_reason(quarantine), fingerprint=fingerprint(quarantine),
+                       cpu_s=time.process_time() - cpu)
 
 
 def _by_reason(quarantine: pa.Table) -> dict[str, int]:
@@ -183,6 +189,7 @@ def stored_to_partitions(path: str, source: int, schema: pa.Schema, plan_dir: st
     """(id, content_hash, rank) of one reusable vectors file, to their id partitions. A file that
     cannot be read (an interrupted run cut it off before its footer) or has another schema comes
     back with `error`; the driver decides what that means."""
+    cpu = time.process_time()
     try:
         parquet = pq.ParquetFile(path)
         if not parquet.schema_arrow.equals(schema, check_metadata=False):
@@ -195,7 +202,7 @@ def stored_to_partitions(path: str, source: int, schema: pa.Schema, plan_dir: st
     if table.num_rows:
         _write_partitioned(table, partition_of(table.column("id"), partitions), Path(plan_dir),
                            f"stored-{source:06d}.parquet")
-    return StoredFile(path, source, rows=table.num_rows)
+    return StoredFile(path, source, rows=table.num_rows, cpu_s=time.process_time() - cpu)
 
 
 # ------------------------------------------------------------------ task 3: one id partition
@@ -204,6 +211,7 @@ def resolve_partition(partition: int, plan_dir: str, files: list[str], published
     """Dedupe this partition's valid rows, diff them against its stored rows, and write the rows
     to embed, the rows to reuse and the duplicates' quarantine. A retried task (its worker lost)
     rewrites the same files."""
+    cpu = time.process_time()
     folder, plan_dir = _partition_dir(plan_dir, partition), Path(plan_dir)
     rows = _read_all(sorted(folder.glob("input-*.parquet")), INPUT_SCHEMA)
     stored = _read_all(sorted(folder.glob("stored-*.parquet")), STORED_SCHEMA)
@@ -222,7 +230,7 @@ def resolve_partition(partition: int, plan_dir: str, files: list[str], published
         partition, kept=kept.num_rows, duplicates=duplicates.num_rows, deleted=deleted,
         fingerprint=fingerprint(duplicates),
         to_embed_by_file=_counts_of(to_embed.column("file_index")),
-        reused_by_source=_counts_of(reused.column("source")),
+        reused_by_source=_counts_of(reused.column("source")), cpu_s=time.process_time() - cpu,
     )
 
 
