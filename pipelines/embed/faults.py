@@ -6,8 +6,7 @@ Points in the driver, in order: after_scan, after_vectors, after_index, before_p
 `embed_actor` fires inside an embed actor on its ACTOR_FAULT_BATCH-th batch, once per run: the
 driver hands the setting to the actors (`for_actor`), because a driver's environment variables
 do not reach Ray workers, and a marker file in the run's stats folder keeps the actor that Ray
-restarts from dying again (`once`). `plan_task` fires the same way in the task resolving the
-first id partition, after it has written its files (a worker lost during the plan's shuffle).
+restarts from dying again (`once`).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from pathlib import Path
 
 ENV = "L2V_FAULT"
 EMBED_ACTOR = "embed_actor"
-PLAN_TASK = "plan_task"
 ACTOR_FAULT_BATCH = 2  # the second batch: the actor has already produced output when it dies
 
 
@@ -31,10 +29,16 @@ def point(name: str) -> None:
     _fire_if(os.environ.get(ENV, ""), name)
 
 
-def for_actor(target: str = EMBED_ACTOR) -> str | None:
-    """The L2V_FAULT setting to hand to Ray workers (embed actors, plan tasks), if it targets them."""
+def for_actor() -> str | None:
+    """The L2V_FAULT setting to hand to the embed actors, if it targets them."""
     wanted = os.environ.get(ENV, "")
-    return wanted if wanted.partition(":")[0] == target else None
+    return wanted if wanted.partition(":")[0] == EMBED_ACTOR else None
+
+
+def for_worker(name: str) -> str | None:
+    """The L2V_FAULT setting to hand to Ray tasks, if it targets point `name`."""
+    wanted = os.environ.get(ENV, "")
+    return wanted if wanted.partition(":")[0] == name else None
 
 
 def once(wanted: str | None, name: str, marker_dir: str | os.PathLike) -> None:

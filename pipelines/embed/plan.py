@@ -26,6 +26,7 @@ from . import faults
 from .incremental import ReuseSources, describe_reuse
 from .plan_tasks import (
     PLAN_FILE,
+    PLAN_TASK_FAULT,
     PartitionResult,
     ScannedFile,
     StoredFile,
@@ -140,7 +141,7 @@ def finish_plan(scan_refs: list[ray.ObjectRef], files: list[str], sources: Reuse
     logger.info("scan done in %.1f s: %d rows in %d files; resolving %d id partitions", scanned_s,
                 sum(s.num_rows for s in scans), len(scans), partitions)
     paths = [s.path for s in scans]  # by file_index: the duplicates' details name the kept copy's file
-    fault = faults.for_actor(faults.PLAN_TASK)
+    fault = faults.for_worker(PLAN_TASK_FAULT)
     resolve_refs = [_resolve_task.remote(p, str(plan_dir), paths, sources.published_files, fault)
                     for p in range(partitions)]
     parts: list[PartitionResult] = _wait(resolve_refs, "resolved", "id partitions")

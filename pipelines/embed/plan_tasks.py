@@ -47,6 +47,9 @@ ROW_MASK = (1 << ROW_BITS) - 1
 ROW_GROUP_ROWS = 65536  # small row groups: readers of one file's rows skip the others by their statistics
 SHUFFLE, QUARANTINE, EMBED, REUSE = "shuffle", "quarantine", "embed", "reuse"
 PLAN_FILE = "plan.json"
+# L2V_FAULT=plan_task:kill (crash tests): the task resolving partition 0 dies once, after writing its
+# files, as a worker lost during the plan's shuffle would; Ray retries it (see faults.py)
+PLAN_TASK_FAULT = "plan_task"
 
 INPUT_SCHEMA = GOOD_SCHEMA.append(pa.field("file_index", pa.int32()))
 STORED_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("rank", pa.int64())])
@@ -225,7 +228,7 @@ def resolve_partition(partition: int, plan_dir: str, files: list[str], published
     if duplicates.num_rows:
         _write(duplicates, plan_dir / QUARANTINE, f"dup-{partition:05d}.parquet")
     if partition == 0:
-        faults.once(fault, faults.PLAN_TASK, plan_dir)  # crash tests only: the worker dies after writing
+        faults.once(fault, PLAN_TASK_FAULT, plan_dir)  # crash tests only: the worker dies after writing
     return PartitionResult(
         partition, kept=kept.num_rows, duplicates=duplicates.num_rows, deleted=deleted,
         fingerprint=fingerprint(duplicates),
