@@ -9,7 +9,9 @@ On a cluster (Ray 2.60 turns token auth on for `ray start`; see docs/embed.md):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/embed_corpus.py --input s3://bucket/corpus/ --output /shared/index --model /shared/encoder
 
-Nightly, reusing unchanged documents' vectors: add --incremental (docs/embed.md).
+Nightly, reusing unchanged documents' vectors: add --incremental (docs/embed.md). Before a big
+run, `--plan-only` scans, dedupes and diffs on the cluster and prints what the run would do (rows to
+embed, reuse, delete, quarantine by reason) without loading the model or publishing anything.
 
 Settings can come from a YAML file of EmbedConfig fields (`--config`); flags given on the
 command line win. Exit codes: below (and deploy/README.md).
@@ -26,7 +28,8 @@ from pathlib import Path
 from pipelines.cli import EXIT_LOCKED, UsageError, job_parser, run_job, show_config_defaults
 
 EXIT_CODES = {
-    0: "published; or, with --incremental, nothing changed (nothing published, the published version stays)",
+    0: "published; or, with --incremental, nothing changed (nothing published, the published version stays); "
+       "or --plan-only printed the plan",
     2: "bad arguments, settings or input: a missing column, an unreadable file, an input matching no file, "
        "--output naming a file, settings that leave no room for text, more actors than the cluster holds, "
        "an index that cannot fit --index-memory, a damaged published version with --incremental, an "
@@ -64,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recall-queries", type=int, help="sampled vectors for the index's recall@10 (default 200)")
     p.add_argument("--incremental", action="store_true", default=None,
                    help="reuse the published version's vectors for unchanged documents; drop deleted ids")
+    p.add_argument("--plan-only", action="store_true", default=None,
+                   help="scan, dedupe and diff, write the plan to an unpublished version folder and print what the "
+                        "run would do; loads no model, embeds and publishes nothing")
+    p.add_argument("--plan-partitions", type=int,
+                   help="id partitions of the plan's dedupe and diff (default: about one per million rows)")
     p.add_argument("--json", action="store_true", help="print the manifest's counts as JSON at the end")
     from pipelines.embed.config import EmbedConfig  # pydantic only: no Ray, no torch
 
@@ -98,7 +106,9 @@ def run(argv=None) -> int:
         # the run's own checks (columns, settings, placement, index memory, a damaged published
         # version) raise these before anything is published; a bug surfaces as another type
         raise UsageError(str(err)) from err
-    if args.json:
+    if args.json and result.plan is not None and cfg.plan_only:
+        print(json.dumps({"plan_only": True, **result.plan.to_json()}))
+    elif args.json:
         print(json.dumps({"version": result.version, "published": result.published, **result.counts,
                           "index": result.manifest["index"],
                           "throughput": result.manifest["throughput"]}))

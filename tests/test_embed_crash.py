@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ import pytest
 from embed_helpers import clean_texts, small_config, write_corpus
 
 from pipelines.embed import OutputLayout, run_embed
-from pipelines.embed.incremental import REUSED_FILE, copy_reused, plan_reuse, write_run_record
-from pipelines.embed.scan import Columns, content_hash, plan_rows, scan_file
+from pipelines.embed.incremental import copy_reused, reuse_sources, write_run_record
+from pipelines.embed.plan import finish_plan, start_scan
+from pipelines.embed.plan_tasks import planned_rows_of_file
+from pipelines.embed.scan import Columns, content_hash
 from pipelines.embed.stages import vectors_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +50,7 @@ def _job(output, corpus, encoder_dir, ray_session, **env):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-# ------------------------------------------------------------------ salvage, without Ray
+# ------------------------------------------------------------------ salvage: the plan's steps alone
 def _write_vectors(path: Path, texts: dict, seed: int) -> pa.Table:
     x = np.random.default_rng(seed).normal(size=(len(texts), DIM)).astype(np.float32)
     table = pa.table({
@@ -89,27 +92,34 @@ def interrupted_output(tmp_path):
     cut = crashed_dir / "vectors" / "c.parquet"
     _write_vectors(cut, {"d5": "text 5", "d6": "text 6"}, seed=6)
     cut.write_bytes(cut.read_bytes()[:100])
-    plan = plan_rows([scan_file(str(corpus), Columns("id", "text"))])
-    return layout, published, crashed, plan
+    return layout, published, crashed, corpus
+
+
+def _plan(layout, published, corpus, plan_dir, incremental, partitions=3):
+    sources = reuse_sources(layout, published, IDENTITY, True, incremental=incremental)
+    refs = start_scan([str(corpus)], Columns("id", "text"), plan_dir, partitions)
+    return finish_plan(refs, [str(corpus)], sources, SCHEMA, plan_dir, partitions, skip_bad_files=False,
+                       previous=published, started=time.perf_counter())
 
 
 @pytest.mark.parametrize("incremental", [True, False])
-def test_salvage_takes_matching_rows_of_the_crashed_run_once(interrupted_output, tmp_path, incremental):
-    layout, published, crashed, plan = interrupted_output
-    reuse = plan_reuse(plan, layout, published, IDENTITY, True, SCHEMA, incremental=incremental)
+def test_salvage_takes_matching_rows_of_the_crashed_run_once(ray_session, interrupted_output, tmp_path, incremental):
+    layout, published, crashed, corpus = interrupted_output
+    plan = _plan(layout, published, corpus, tmp_path / "plan", incremental)
     # d3 changed its text and d5/d6 sit in the cut-off file: those and d7-d9 are embedded
-    assert [f"d{row}" for row in np.flatnonzero(plan.keep[0])] == ["d3", "d5", "d6", "d7", "d8", "d9"]
-    assert reuse.salvaged_from == [crashed] and [Path(p).name for p in reuse.skipped_files] == ["c.parquet"]
-    copy_reused(reuse, tmp_path / "new" / "vectors")
-    copied = pq.read_table(tmp_path / "new" / "vectors" / REUSED_FILE).sort_by("id")
+    embedded = planned_rows_of_file(str(plan.plan_dir), 0).column("id").to_pylist()
+    assert embedded == ["d3", "d5", "d6", "d7", "d8", "d9"] and plan.rows_to_embed == 6
+    assert plan.salvaged_from == (crashed,) and [Path(p).name for p in plan.skipped_files] == ["c.parquet"]
+    copy_reused(plan.sources, plan.reused_by_source, plan.plan_dir, tmp_path / "new" / "vectors")
+    copied = pq.read_table(tmp_path / "new" / "vectors").sort_by("id")
     assert copied.column("id").to_pylist() == ["d0", "d1", "d2", "d4"]  # each id once
+    assert plan.rows_read == plan.rows_to_embed + plan.rows_reused + plan.rows_quarantined
     crashed_a = pq.read_table(layout.version_dir(crashed) / "vectors" / "a.parquet")
     if incremental:  # the published version comes first; only what it lacks is salvaged
-        assert sorted(reuse.published_ids.to_pylist()) == ["d0", "d1"] and reuse.rows_salvaged == 2
-        assert reuse.rows_deleted == 1
+        assert plan.rows_reused_published == 2 and plan.rows_salvaged == 2 and plan.rows_deleted == 1
         source = pq.read_table(layout.version_dir(published) / "vectors")
     else:  # a full run never takes the published vectors, but does salvage its own crashed attempt
-        assert len(reuse.published_ids) == 0 and reuse.rows_salvaged == 4 and reuse.rows_deleted == 0
+        assert plan.rows_reused_published == 0 and plan.rows_salvaged == 4 and plan.rows_deleted == 0
         source = crashed_a
     np.testing.assert_array_equal(_embeddings(copied.slice(0, 2)), _embeddings(source.slice(0, 2)))
     np.testing.assert_array_equal(_embeddings(copied.slice(2, 1)), _embeddings(crashed_a.slice(2, 1)))  # d2: first copy

@@ -134,6 +134,6 @@ def test_an_empty_id_and_an_invisible_text_are_quarantined(tmp_path):
     pq.write_table(pa.table({"id": ["", "a", "b", "c", "d"],
                              "text": ["fine", "\u200b\u200b", "\u200b \ufeff\u2060\n", "ok\u200b", " text "]}), path)
     scan = scan_file(str(path), Columns("id", "text"))
-    assert scan["bad"].column("reason").to_pylist() == ["empty_id", "empty_text", "empty_text"]
-    assert scan["good"].column("id").to_pylist() == ["c", "d"]
-    assert json.loads(json.dumps(scan["bad"].column("detail").to_pylist()))[0].startswith("the id is empty")
+    assert scan.bad.column("reason").to_pylist() == ["empty_id", "empty_text", "empty_text"]
+    assert scan.good.column("id").to_pylist() == ["c", "d"]
+    assert json.loads(json.dumps(scan.bad.column("detail").to_pylist()))[0].startswith("the id is empty")

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.embed.config import EmbedConfig, parse_size
-from pipelines.embed.scan import Columns, compose_text, content_hash, plan_rows, scan_file
+from pipelines.embed.plan_tasks import EMBED, INPUT_SCHEMA, keep_first_copies
+from pipelines.embed.scan import Columns, compose_text, content_hash, scan_file
 from pipelines.embed.stages import EmbedActor, read_planned_rows, tokenize_rows
 from pipelines.sources import list_parquet_files
 
@@ -42,49 +43,58 @@ def test_list_files_folder_glob_and_missing(tmp_path):
 def test_scan_gives_each_bad_row_a_reason(tmp_path):
     path = _write(tmp_path / "a.parquet", id=["a", None, "c", "d", "e"], text=["ok", "fine", None, "  \n", "good"])
     scan = scan_file(path, COLS)
-    assert scan["num_rows"] == 5
-    assert scan["good"].column("id").to_pylist() == ["a", "e"]
-    assert scan["good"].column("content_hash").to_pylist()[0] == content_hash("ok")
-    assert scan["bad"].column("reason").to_pylist() == ["null_id", "null_text", "empty_text"]
-    assert scan["bad"].column("row").to_pylist() == [1, 2, 3]
+    assert scan.num_rows == 5
+    assert scan.good.column("id").to_pylist() == ["a", "e"]
+    assert scan.good.column("content_hash").to_pylist()[0] == content_hash("ok")
+    assert scan.bad.column("reason").to_pylist() == ["null_id", "null_text", "empty_text"]
+    assert scan.bad.column("row").to_pylist() == [1, 2, 3]
 
 
 def test_scan_non_string_text_missing_column_and_corrupt_file(tmp_path):
     ints = _write(tmp_path / "ints.parquet", id=[1, 2], text=[10, 20])
     scan = scan_file(ints, COLS)
-    assert scan["bad"].column("reason").to_pylist() == ["non_string_text"] * 2
-    assert scan["bad"].column("id").to_pylist() == ["1", "2"]  # integer ids become text
+    assert scan.bad.column("reason").to_pylist() == ["non_string_text"] * 2
+    assert scan.bad.column("id").to_pylist() == ["1", "2"]  # integer ids become text
     assert "its columns are: id, body" in scan_file(
         _write(tmp_path / "m.parquet", id=["1"], body=["x"]), COLS
-    )["missing_columns"]
+    ).missing_columns
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 this is not parquet")
-    assert "error" in scan_file(str(corrupt), COLS)
+    assert scan_file(str(corrupt), COLS).error
 
 
 def test_id_types_whole_floats_become_integers_anything_else_is_refused(tmp_path):
     # pandas writes an int64 id column holding a null as float64
     floats = _write(tmp_path / "f.parquet", id=pa.array([2.0**52, None, 7.0]), text=["a", "b", "c"])
     scan = scan_file(floats, COLS)
-    assert scan["good"].column("id").to_pylist() == [str(2**52), "7"]
-    assert scan["bad"].column("reason").to_pylist() == ["null_id"]
+    assert scan.good.column("id").to_pylist() == [str(2**52), "7"]
+    assert scan.bad.column("reason").to_pylist() == ["null_id"]
     rounded = _write(tmp_path / "r.parquet", id=pa.array([float(2**60), 1.0]), text=["a", "b"])
-    assert "not whole numbers up to 2^53" in scan_file(rounded, COLS)["bad_id_type"]
+    assert "not whole numbers up to 2^53" in scan_file(rounded, COLS).bad_id_type
     fractional = _write(tmp_path / "x.parquet", id=pa.array([1.5]), text=["a"])
-    assert "1.5" in scan_file(fractional, COLS)["bad_id_type"]
+    assert "1.5" in scan_file(fractional, COLS).bad_id_type
     lists = _write(tmp_path / "l.parquet", id=pa.array([[1], [2]]), text=["a", "b"])
-    assert "use string or integer ids" in scan_file(lists, COLS)["bad_id_type"]
+    assert "use string or integer ids" in scan_file(lists, COLS).bad_id_type
+
+
+def _valid_rows(paths):
+    """The valid rows of each file, as the scan hands them to the id partitions."""
+    tables = []
+    for i, path in enumerate(paths):
+        good = scan_file(path, COLS).good
+        tables.append(good.append_column("file_index", pa.array([i] * good.num_rows, pa.int32())))
+    return pa.concat_tables(tables).cast(INPUT_SCHEMA)
 
 
 def test_plan_keeps_first_valid_copy_of_a_duplicate(tmp_path):
     a = _write(tmp_path / "a.parquet", id=["x", "y", "x"], text=["   ", "why", "second x"])
     b = _write(tmp_path / "b.parquet", id=["x", "y"], text=["third x", "why"])
-    plan = plan_rows([scan_file(a, COLS), scan_file(b, COLS)])
-    assert plan.rows_read == 5 and plan.rows_to_embed == 2
-    assert sorted(plan.kept.column("id").to_pylist()) == ["x", "y"]
-    assert plan.keep[0].tolist() == [False, True, True] and plan.keep[1].tolist() == [False, False]
-    assert plan.quarantine_by_reason() == {"empty_text": 1, "duplicate_id": 2}
-    dups = plan.quarantine.filter(pa.compute.equal(plan.quarantine.column("reason"), "duplicate_id")).to_pylist()
+    kept, dups = keep_first_copies(_valid_rows([a, b]), [a, b])
+    assert sorted(zip(kept.column("id").to_pylist(), kept.column("file_index").to_pylist(),
+                      kept.column("row").to_pylist())) == [("x", 0, 2), ("y", 0, 1)]
+    assert scan_file(a, COLS).bad.column("reason").to_pylist() == ["empty_text"]
+    dups = dups.to_pylist()
+    assert [d["reason"] for d in dups] == ["duplicate_id"] * 2
     by_id = {d["id"]: d for d in dups}
     assert f"kept the copy at {a} row 2" in by_id["x"]["detail"] and "different text" in by_id["x"]["detail"]
     assert f"kept the copy at {a} row 1" in by_id["y"]["detail"] and "same text" in by_id["y"]["detail"]
@@ -92,8 +102,11 @@ def test_plan_keeps_first_valid_copy_of_a_duplicate(tmp_path):
 
 def test_read_tokenize_embed_stages_on_a_table(tmp_path, tiny_encoder_dir):
     path = _write(tmp_path / "a.parquet", id=[1, 2, 3], text=["alpha", "bravo", "charlie"], title=["T", None, ""])
-    keep = np.array([True, False, True])
-    units = pa.table({"path": [path], "keep": [np.packbits(keep).tobytes()], "num_rows": [3]})
+    planned = pa.table({"file_index": pa.array([0, 0], pa.int32()), "row": [0, 2], "id": ["1", "3"],
+                        "content_hash": [content_hash("T\n\nalpha"), content_hash("charlie")]})
+    (tmp_path / "plan" / EMBED).mkdir(parents=True)
+    pq.write_table(planned, tmp_path / "plan" / EMBED / "part-00000.parquet")
+    units = pa.table({"path": [path], "file_index": [0], "rows": [2], "plan_dir": [str(tmp_path / "plan")]})
     rows = pa.concat_tables(list(read_planned_rows(units, columns=Columns("id", "text", "title"))))
     assert rows.column("id").to_pylist() == ["1", "3"]
     assert rows.column("text").to_pylist() == [compose_text("T", "alpha"), "charlie"] == ["T\n\nalpha", "charlie"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "BadFileError": ".ray_steps",
+    "BadFileError": ".plan",
     "DamagedOutputError": ".layout",
     "EmbedConfig": ".config",
     "EmbedResult": ".run",

@@ -91,6 +91,16 @@ class EmbedConfig(BaseModel):
         False, description="Reuse the published version's vectors for unchanged (id, content_hash); drop deleted ids.",
     )
     seed: int = Field(0, description="Seed of the index's training and recall samples.")
+    plan_only: bool = Field(
+        False,
+        description="Scan, dedupe and diff, write the plan to an unpublished version folder and print it; no model "
+                    "is loaded, nothing is embedded or published.",
+    )
+    plan_partitions: int | None = Field(
+        None, ge=1, le=65536,
+        description="Id partitions of the plan's dedupe and diff; default: about one per million rows, at least one "
+                    "per input file.",
+    )
 
     @field_validator("input", mode="before")
     @classmethod

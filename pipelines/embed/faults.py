@@ -35,6 +35,12 @@ def for_actor() -> str | None:
     return wanted if wanted.partition(":")[0] == EMBED_ACTOR else None
 
 
+def for_worker(name: str) -> str | None:
+    """The L2V_FAULT setting to hand to Ray tasks, if it targets point `name`."""
+    wanted = os.environ.get(ENV, "")
+    return wanted if wanted.partition(":")[0] == name else None
+
+
 def once(wanted: str | None, name: str, marker_dir: str | os.PathLike) -> None:
     """Fire `wanted` at point `name` only the first time in this run (across processes): the
     marker file is created before firing, so a restarted process finds it and carries on."""

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 MANIFEST = "manifest.json"
+VECTORS = "vectors"  # in every version folder: the vectors parquet files
 QUARANTINE_FILE = "quarantine.parquet"  # in every version folder: the rows not embedded, with a reason
 LOCK = ".lock"
 HEARTBEAT_S = 30  # a running job touches its lock this often
@@ -59,6 +60,12 @@ class DamagedOutputError(ValueError):
 # What to do about a damaged published version: a full run never needs it.
 REPAIR = ("a full run (jobs/embed_corpus.py or l2v-embed, without --incremental) embeds everything again "
           "and publishes a whole new version")
+
+
+def vector_files_of(version_dir: Path) -> list[Path]:
+    """A version's vectors parquet files, sorted by name."""
+    folder = Path(version_dir) / VECTORS
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
 
 def inside(root: Path, *parts: str) -> Path:
@@ -150,6 +157,19 @@ class OutputLayout:
         if not isinstance(manifest, dict):
             raise DamagedOutputError(f"{path} is not a manifest (not a JSON object): the output is damaged; {REPAIR}")
         return manifest
+
+    def write_manifest(self, name: str, manifest: dict) -> Path:
+        """Write a version's manifest atomically (tmp + fsync + rename): whole or absent. Written last."""
+        version_dir = self.version_dir(name)
+        path = version_dir / MANIFEST
+        tmp = version_dir / f".{MANIFEST}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
 
     def publish(self, name: str) -> None:
         """Atomically point CURRENT at `name` (which must be complete)."""

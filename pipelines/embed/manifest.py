@@ -1,5 +1,6 @@
-"""manifest.json: what a version holds and how it was made. Written last; its presence marks a
-version complete.
+"""manifest.json's contents: what a version holds and how it was made. `layout.py` owns the file
+(reads it, writes it last and atomically: its presence marks a version complete); this module
+says what goes in it.
 
 The incremental re-index (issue 5) reads the published manifest to decide what it may reuse:
 `vector_identity` must be equal (same encoder weights and settings, same instruction and text
@@ -8,14 +9,12 @@ composition), and the vectors parquet's (id, content_hash) say which documents a
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from .layout import MANIFEST, QUARANTINE_FILE
+from .layout import QUARANTINE_FILE, VECTORS, vector_files_of
 
 FORMAT = "l2v-embed/1"
 TEXT_COMPOSITION = "title.strip() + '\\n\\n' + text when the row has a non-empty title, else text"
@@ -35,28 +34,29 @@ def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None,
     }
 
 
-def build_manifest(*, version: str, previous: str | None, cfg, encoder: dict, instruction: str | None,
+def build_manifest(*, version: str, previous: str | None, cfg, encoder, instruction: str | None,
                    plan, counts: dict, index_info: dict, throughput: dict, timings: dict) -> dict:
+    """encoder: ray_steps.EncoderInfo; plan: plan.PlanSummary."""
     return {
         "format": FORMAT,
         "version": version,
         "previous_version": previous,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "vector_identity": vector_identity(encoder["identity"], encoder["dtype"], instruction, cfg.title_column),
+        "vector_identity": vector_identity(encoder.identity, encoder.dtype, instruction, cfg.title_column),
         "encoder": {
-            "source": encoder["source"],
-            "identity": encoder["identity"],
-            "settings": encoder["settings"],
-            "device": encoder["device"],
-            "dtype": encoder["dtype"],
+            "source": encoder.source,
+            "identity": encoder.identity,
+            "settings": encoder.settings,
+            "device": encoder.device,
+            "dtype": encoder.dtype,
         },
         "pipeline": cfg.model_dump(),
         "input": {
-            "files": [{"path": p, "rows": n} for p, n in zip(plan.files, plan.num_rows)],
-            "bad_files": plan.bad_files,
+            "files": [{"path": f.path, "rows": f.rows} for f in plan.files],
+            "bad_files": [{"path": b.path, "error": b.error} for b in plan.bad_files],
         },
         "counts": counts,
-        "vectors": {"dir": "vectors", "dim": encoder["dim"], "rows": index_info["count"],
+        "vectors": {"dir": VECTORS, "dim": encoder.dim, "rows": index_info["count"],
                     "columns": ["id", "embedding", "content_hash", "n_tokens", "truncated"]
                     + (["text"] if cfg.store_text else [])},
         "quarantine": {"file": QUARANTINE_FILE, "rows": counts["rows_quarantined"]},
@@ -72,8 +72,8 @@ def missing_parts(version_dir: Path, manifest: dict) -> tuple[list[str], list[st
     """(damaged vectors, other missing parts) of a complete version: what the manifest names but
     the folder lacks. The vectors count as damaged when a file cannot be read or their rows differ
     from the manifest's (parquet footers only: no vector is read)."""
-    vectors_dir = version_dir / manifest["vectors"].get("dir", "vectors")
-    files = sorted(vectors_dir.glob("*.parquet")) if vectors_dir.is_dir() else []
+    vectors_dir = version_dir / VECTORS
+    files = vector_files_of(version_dir)
     expected = manifest["vectors"].get("rows")
     vectors = []
     try:
@@ -86,16 +86,3 @@ def missing_parts(version_dir: Path, manifest: dict) -> tuple[list[str], list[st
     named = [index.get("file"), index.get("id_map"), index.get("info"), quarantine.get("file")]
     others = [f"{name} is missing" for name in named if name and not (version_dir / name).is_file()]
     return vectors, others
-
-
-def write_manifest(version_dir: Path, manifest: dict) -> Path:
-    """Write atomically (tmp + rename): a manifest is either whole or absent."""
-    path = version_dir / MANIFEST
-    tmp = version_dir / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path

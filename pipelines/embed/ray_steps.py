@@ -1,4 +1,6 @@
-"""The steps of a run that use Ray: describe the encoder, scan files, embed the planned rows."""
+"""The Ray wiring of a run besides the plan (`plan.py`): where the embed actors go, the encoder's
+description, and the embed Dataset (read planned rows -> tokenize -> embed -> write). The
+per-batch functions it wires live in `stages.py`."""
 
 from __future__ import annotations
 
@@ -6,15 +8,16 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import ray
 
 from . import faults
 from .config import EmbedConfig
-from .scan import Columns, IdTypeError, MissingColumnsError, Plan, scan_file
+from .plan import PlanSummary
+from .scan import Columns
 from .stages import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,6 @@ WRITE_BATCHES_PER_FILE = 8  # vectors files hold about this many embed batches
 ACTOR_START_TIMEOUT_S = 1800  # model loading on every actor (a 7B model from shared storage takes minutes)
 
 
-class BadFileError(RuntimeError):
-    """A corrupt or unreadable parquet file."""
-
-
 def ensure_ray() -> None:
     """Join the cluster this driver runs in (ray job submit) or start a local one."""
     if ray.is_initialized():
@@ -46,7 +45,31 @@ def ensure_ray() -> None:
         ray.init(runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
-def placement(cfg: EmbedConfig) -> dict:
+@dataclass(frozen=True)
+class Placement:
+    """Where the embed actors run."""
+
+    device: str
+    num_gpus: int  # per actor: 1 on GPUs, else 0
+    actors: int
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """The encoder as the run sees it, described where the actors run (not on the driver)."""
+
+    source: str  # "default" or the resolved path
+    tokenizer_path: str
+    identity: dict  # Encoder.identity()
+    dim: int
+    max_length: int
+    instructions: dict
+    settings: dict
+    device: str
+    dtype: str
+
+
+def placement(cfg: EmbedConfig) -> Placement:
     """Where embed actors run: one per GPU with num_gpus=1, else CPU actors."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -63,81 +86,48 @@ def placement(cfg: EmbedConfig) -> dict:
             f"{actors} embed actor(s) x {cfg.actor_cpus:g} CPU leave less than one of the cluster's {cpus:g} CPUs "
             f"for reading, tokenizing and writing; lower --num-actors or --actor-cpus, or add CPUs"
         )
-    return {"device": device, "num_gpus": 1 if on_gpu else 0, "actors": actors}
+    return Placement(device, 1 if on_gpu else 0, actors)
 
 
 @ray.remote(num_cpus=1)
-def _describe(model: str | None, max_length: int | None, device: str, dtype: str | None) -> dict:
+def _describe(model: str | None, max_length: int | None, device: str, dtype: str | None) -> EncoderInfo:
     from l2v_core import Encoder, pick_device_and_dtype, resolve_model_path
 
     device_, dtype_ = pick_device_and_dtype(device, dtype)
     kwargs = {"max_length": max_length} if max_length else {}
     encoder = Encoder.from_pretrained(model, device=device_, dtype=dtype_, **kwargs)
-    return {
-        "source": "default" if model in (None, "", "default") else resolve_model_path(model),
-        "tokenizer_path": resolve_model_path(model),
-        "identity": encoder.identity(),
-        "dim": encoder.dim,
-        "max_length": encoder.settings.max_length,
-        "instructions": dict(encoder.settings.instructions),
-        "settings": encoder.settings.model_dump(),
-        "device": str(device_),
-        "dtype": str(dtype_),
-    }
+    return EncoderInfo(
+        source="default" if model in (None, "", "default") else resolve_model_path(model),
+        tokenizer_path=resolve_model_path(model),
+        identity=encoder.identity(),
+        dim=encoder.dim,
+        max_length=encoder.settings.max_length,
+        instructions=dict(encoder.settings.instructions),
+        settings=encoder.settings.model_dump(),
+        device=str(device_),
+        dtype=str(dtype_),
+    )
 
 
-def describe_encoder(cfg: EmbedConfig, where: dict) -> ray.ObjectRef:
+def describe_encoder(cfg: EmbedConfig, where: Placement) -> ray.ObjectRef:
     """Load the encoder once where the actors will run (not on the driver): its identity, dim and
     tokenizer path. Returns a reference; `ray.get` it."""
-    return _describe.options(num_gpus=where["num_gpus"]).remote(cfg.model, cfg.max_length, where["device"], cfg.dtype)
+    return _describe.options(num_gpus=where.num_gpus).remote(cfg.model, cfg.max_length, where.device, cfg.dtype)
 
 
-_scan_task = ray.remote(num_cpus=1)(scan_file)
-
-
-def scan_files(files: list[str], columns: Columns, skip_bad_files: bool) -> tuple[list[dict], list[dict]]:
-    """Scan every file in Ray tasks -> (scans of readable files in file order, bad files)."""
-    refs = [_scan_task.remote(f, columns) for f in files]
-    pending, done, start = list(refs), 0, time.perf_counter()
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=10.0)
-        done += len(ready)
-        if pending:
-            logger.info("scanned %d/%d files (%.0f s)", done, len(files), time.perf_counter() - start)
-    results = ray.get(refs)
-    # Schema problems stop the run even with --skip-bad-files: skipping would drop good data silently.
-    for key, error in (("missing_columns", MissingColumnsError), ("bad_id_type", IdTypeError)):
-        found = [r[key] for r in results if key in r]
-        if found:
-            raise error(found[0] + (f" ({len(found)} files have this problem)" if len(found) > 1 else ""))
-    bad = [{"path": r["path"], "error": r["error"]} for r in results if "error" in r]
-    if bad and not skip_bad_files:
-        raise BadFileError(
-            f"cannot read {bad[0]['path']}: {bad[0]['error']}"
-            + (f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else "")
-            + ". Fix or remove it, or pass --skip-bad-files to skip unreadable files (they are listed in the manifest)."
-        )
-    if bad and len(bad) == len(results):
-        # publishing an empty version (and, incrementally, deleting every document) is never what
-        # a night with an unreachable bucket wants
-        raise BadFileError(f"none of the {len(bad)} input files can be read (first: {bad[0]['path']}: "
-                           f"{bad[0]['error']}); nothing was published")
-    for item in bad:
-        logger.warning("skipping unreadable file %s: %s", item["path"], item["error"])
-    return [r for r in results if "error" not in r], bad
-
-
-def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict, vectors_dir: Path,
-                       stats_dir: Path) -> float:
-    """read -> tokenize (CPU tasks) -> embed (actors) -> vectors parquet. Returns the seconds taken."""
+def embed_planned_rows(plan: PlanSummary, cfg: EmbedConfig, encoder: EncoderInfo, where: Placement,
+                       vectors_dir: Path, stats_dir: Path) -> float:
+    """read the planned rows -> tokenize (CPU tasks) -> embed (actors) -> vectors parquet. Each
+    read unit is one input file with its planned rows (read from plan/embed by the task itself).
+    Returns the seconds taken."""
     start = time.perf_counter()
     vectors_dir.mkdir(parents=True, exist_ok=True)
     units = [
-        {"path": path, "keep": np.packbits(keep).tobytes(), "num_rows": int(n)}
-        for path, keep, n in zip(plan.files, plan.keep, plan.num_rows) if keep.any()
+        {"path": path, "file_index": i, "rows": n, "plan_dir": str(plan.plan_dir)}
+        for i, (path, n) in enumerate(zip(plan.paths, plan.to_embed_by_file)) if n
     ]
     if not units:
-        pq.write_table(vectors_schema(encoder["dim"], cfg.store_text).empty_table(), vectors_dir / "empty.parquet")
+        pq.write_table(vectors_schema(encoder.dim, cfg.store_text).empty_table(), vectors_dir / "empty.parquet")
         return 0.0
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = 0  # a failed block fails the run: no silent loss
@@ -154,7 +144,7 @@ def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict,
                         fn_kwargs={"columns": columns, "store_text": cfg.store_text})
     ds = ds.map_batches(tokenize_rows, batch_size=cfg.tokenize_batch_size, batch_format="pyarrow",
                         num_cpus=cfg.tokenize_cpus,
-                        fn_kwargs={"model_path": encoder["tokenizer_path"], "max_length": encoder["max_length"],
+                        fn_kwargs={"model_path": encoder.tokenizer_path, "max_length": encoder.max_length,
                                    "instruction": instruction})
     # One file is one read unit, so a large file would reach a single embed actor as one big
     # block: cutting blocks to the embed batch size (a streaming split, no shuffle) spreads every
@@ -170,27 +160,27 @@ def embed_planned_rows(plan: Plan, cfg: EmbedConfig, encoder: dict, where: dict,
     return time.perf_counter() - start
 
 
-def _embed_on_actors(ds: ray.data.Dataset, cfg: EmbedConfig, encoder: dict, where: dict,
+def _embed_on_actors(ds: ray.data.Dataset, cfg: EmbedConfig, encoder: EncoderInfo, where: Placement,
                      stats_dir: Path) -> ray.data.Dataset:
     return ds.map_batches(
         EmbedActor,
         fn_constructor_kwargs={
-            "model": cfg.model, "identity": encoder["identity"], "max_length": cfg.max_length,
-            "device": where["device"], "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
+            "model": cfg.model, "identity": encoder.identity, "max_length": cfg.max_length,
+            "device": where.device, "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
             "store_text": cfg.store_text, "stats_dir": str(stats_dir), "max_padding": cfg.max_padding,
-            "cpu_threads": cfg.cpu_threads, "actors": where["actors"],
+            "cpu_threads": cfg.cpu_threads, "actors": where.actors,
             "fault": faults.for_actor(),
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=where["actors"]),
-        num_gpus=where["num_gpus"],
+        compute=ray.data.ActorPoolStrategy(size=where.actors),
+        num_gpus=where.num_gpus,
         num_cpus=cfg.actor_cpus,
         max_restarts=ACTOR_MAX_RESTARTS,
         max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
 
 
-def effective_instruction(cfg: EmbedConfig, encoder: dict) -> str | None:
+def effective_instruction(cfg: EmbedConfig, encoder: EncoderInfo) -> str | None:
     """The instruction put before documents: the config's, else the encoder's 'document' one."""
-    return cfg.instruction if cfg.instruction is not None else encoder["instructions"].get("document")
+    return cfg.instruction if cfg.instruction is not None else encoder.instructions.get("document")

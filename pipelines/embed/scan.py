@@ -1,19 +1,17 @@
-"""Scan: read each file's id and text columns once, sort every row into "embed" or "quarantine".
+"""Scan: read one file's id and text columns once, sort every row into "valid" or "quarantine".
 
-`scan_file` runs as a Ray task per file (no model; pyarrow only). It checks the columns, gives
-every row a reason when it cannot be embedded, and hashes the text of the others. `plan_rows`
-then works on the driver over the compact results: it resolves duplicate ids across all files
-and says, per file, which rows the embed stage reads. Nothing is dropped silently: every row
-read is either planned for embedding or has a quarantine row saying why.
+`scan_file` runs inside a Ray task per file (no model; pyarrow only; see `plan_tasks.py`). It
+checks the columns, gives every row a reason when it cannot be embedded, and hashes the text of
+the others. Duplicate ids across files are resolved later, by id partition (`plan_tasks.py`).
+Nothing is dropped silently: every row read is either valid or has a quarantine row saying why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -97,21 +95,33 @@ def open_parquet(uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def scan_file(uri: str, columns: Columns) -> dict:
-    """-> {"path", "num_rows", "good": GOOD_SCHEMA table, "bad": BAD_SCHEMA table}, or
-    {"path", "error"} when the file cannot be read, or {"path", "missing_columns"} naming them."""
+@dataclass(frozen=True)
+class FileScan:
+    """One file's scan: `good` (GOOD_SCHEMA) and `bad` (BAD_SCHEMA) rows, or one of the three
+    problems that stop the file (`error`: unreadable; `missing_columns`; `bad_id_type`)."""
+
+    path: str
+    num_rows: int = 0
+    good: pa.Table | None = None
+    bad: pa.Table | None = None
+    error: str | None = None
+    missing_columns: str | None = None
+    bad_id_type: str | None = None
+
+
+def scan_file(uri: str, columns: Columns) -> FileScan:
     try:
         parquet = open_parquet(uri)
         schema = parquet.schema_arrow
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unreadable
-        return {"path": uri, "error": f"{type(err).__name__}: {err}"}
+        return FileScan(uri, error=f"{type(err).__name__}: {err}")
     try:
         check_columns(uri, schema, columns)
         check_id_type(uri, schema.field(columns.id).type)
     except MissingColumnsError as err:
-        return {"path": uri, "missing_columns": str(err)}
+        return FileScan(uri, missing_columns=str(err))
     except IdTypeError as err:
-        return {"path": uri, "bad_id_type": str(err)}
+        return FileScan(uri, bad_id_type=str(err))
     goods, bads, offset = [], [], 0
     try:
         for batch in parquet.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=columns.names):
@@ -120,15 +130,14 @@ def scan_file(uri: str, columns: Columns) -> dict:
             bads.append(bad)
             offset += batch.num_rows
     except IdTypeError as err:  # the column's type was fine, its values are not: not a reading problem
-        return {"path": uri, "bad_id_type": f"{uri}, rows from ~{offset}: {err}"}
+        return FileScan(uri, bad_id_type=f"{uri}, rows from ~{offset}: {err}")
     except Exception as err:  # noqa: BLE001
-        return {"path": uri, "error": f"{type(err).__name__} at row ~{offset}: {err}"}
-    return {
-        "path": uri,
-        "num_rows": offset,
-        "good": pa.concat_tables(goods) if goods else GOOD_SCHEMA.empty_table(),
-        "bad": pa.concat_tables(bads) if bads else BAD_SCHEMA.empty_table(),
-    }
+        return FileScan(uri, error=f"{type(err).__name__} at row ~{offset}: {err}")
+    return FileScan(
+        uri, num_rows=offset,
+        good=pa.concat_tables(goods) if goods else GOOD_SCHEMA.empty_table(),
+        bad=pa.concat_tables(bads) if bads else BAD_SCHEMA.empty_table(),
+    )
 
 
 def _decode(array: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -218,85 +227,3 @@ def is_blank(text: str) -> bool:
     A vector of such a text says nothing about any document. Stops at the first visible
     character, so long texts cost nothing."""
     return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
-
-
-# ------------------------------------------------------------------ planning (driver)
-@dataclass
-class Plan:
-    """Which rows of which files get embedded, and the quarantine for all others."""
-
-    files: list[str]
-    num_rows: list[int]
-    keep: list[np.ndarray]  # per file: bool mask of rows to embed
-    kept: pa.Table  # id, content_hash, file_index, row of every row to embed
-    quarantine: pa.Table  # QUARANTINE_SCHEMA
-    bad_files: list[dict] = field(default_factory=list)  # {"path", "error"} skipped with --skip-bad-files
-
-    @property
-    def rows_read(self) -> int:
-        return sum(self.num_rows)
-
-    @property
-    def rows_to_embed(self) -> int:
-        return self.kept.num_rows
-
-    def quarantine_by_reason(self) -> dict[str, int]:
-        counts = pc.value_counts(self.quarantine.column("reason")).to_pylist() if self.quarantine.num_rows else []
-        return {item["values"]: item["counts"] for item in counts}
-
-
-def plan_rows(scans: list[dict]) -> Plan:
-    """Resolve duplicate ids over all files: the first copy with a valid text in input order
-    (files sorted by path, rows in file order) is kept; later copies go to quarantine naming it."""
-    files = [s["path"] for s in scans]
-    goods, quarantines = [], []
-    for file_index, scan in enumerate(scans):
-        n = scan["good"].num_rows
-        goods.append(scan["good"].append_column("file_index", pa.array(np.full(n, file_index, dtype=np.int32))))
-        bad = scan["bad"]
-        quarantines.append(pa.table({
-            "id": bad.column("id"), "reason": bad.column("reason"), "detail": bad.column("detail"),
-            "source_file": pa.array([scan["path"]] * bad.num_rows, pa.string()), "source_row": bad.column("row"),
-            "text_preview": bad.column("text_preview"),
-        }, schema=QUARANTINE_SCHEMA))
-    good = pa.concat_tables(goods) if goods else GOOD_SCHEMA.append(pa.field("file_index", pa.int32())).empty_table()
-    order = pc.add(pc.multiply(pc.cast(good.column("file_index"), pa.int64()), 1 << 40), good.column("row"))
-    good = good.append_column("order", order)
-    first = good.group_by("id").aggregate([("order", "min")]).rename_columns(["id", "kept_order"])
-    good = good.join(first, "id", join_type="left outer")
-    is_dup = pc.not_equal(good.column("order"), good.column("kept_order"))
-    kept = good.filter(pc.invert(is_dup)).sort_by("order")
-    dups = good.filter(is_dup)
-    if dups.num_rows:
-        quarantines.append(_duplicate_rows(dups, good, files))
-    keep = [np.zeros(scan["num_rows"], dtype=bool) for scan in scans]
-    file_index = kept.column("file_index").to_numpy()
-    rows = kept.column("row").to_numpy()
-    for i in range(len(scans)):
-        keep[i][rows[file_index == i]] = True
-    return Plan(
-        files=files,
-        num_rows=[s["num_rows"] for s in scans],
-        keep=keep,
-        kept=kept.select(["id", "content_hash", "file_index", "row"]),
-        quarantine=pa.concat_tables(quarantines) if quarantines else QUARANTINE_SCHEMA.empty_table(),
-    )
-
-
-def _duplicate_rows(dups: pa.Table, good: pa.Table, files: list[str]) -> pa.Table:
-    kept_hash = {}
-    kept_rows = good.filter(pc.equal(good.column("order"), good.column("kept_order")))
-    for id_, h in zip(kept_rows.column("id").to_pylist(), kept_rows.column("content_hash").to_pylist()):
-        kept_hash[id_] = h
-    details = []
-    for id_, h, kept_order in zip(dups.column("id").to_pylist(), dups.column("content_hash").to_pylist(),
-                                  dups.column("kept_order").to_pylist()):
-        where = f"{files[kept_order >> 40]} row {kept_order & ((1 << 40) - 1)}"
-        same = "same text" if kept_hash[id_] == h else "different text"
-        details.append(f"kept the copy at {where}: the first valid copy in input order (files sorted by path); {same}")
-    return pa.table({
-        "id": dups.column("id"), "reason": pa.array([DUPLICATE_ID] * dups.num_rows, pa.string()),
-        "detail": pa.array(details, pa.string()),
-        "source_file": pa.array([files[i] for i in dups.column("file_index").to_pylist()], pa.string()),
-        "source_row": dups.column("row"), "text_preview": pa.nulls(dups.num_rows, pa.string()),
-    }, schema=QUARANTINE_SCHEMA)

@@ -1,7 +1,8 @@
-"""The Ray Data stages: read planned rows -> tokenize (CPU tasks) -> embed (actors).
+"""The per-batch functions of the embed Dataset: read planned rows -> tokenize (CPU tasks) ->
+embed (actors).
 
 Each stage is a plain function or class over a pyarrow batch, so tests can call it on a table
-without a cluster. Only `embed.py` wires them into a Dataset.
+without a cluster. `ray_steps.py` wires them into a Dataset.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow as pa
 from l2v_core.batching import padded_positions, plan_micro_batches
 
 from . import faults
+from .plan_tasks import planned_rows_of_file
 from .scan import Columns, compose_text, content_hash, normalize_ids, open_parquet
 
 logger = logging.getLogger(__name__)
@@ -29,23 +31,45 @@ READ_BATCH_ROWS = 4096
 
 
 # ------------------------------------------------------------------ read
+INPUT_CHANGED = "the vectors written do not match the scanned input"
+
+
+class InputChangedError(RuntimeError):
+    """An input file changed between the scan and the read: the plan no longer describes it."""
+
+
 def read_planned_rows(units: pa.Table, *, columns: Columns, store_text: bool = True) -> Iterator[pa.Table]:
-    """units: rows of (path, keep: packed bool mask, num_rows) -> tables of (id, text, content_hash)
-    holding only the rows the plan keeps, in file order."""
-    for path, keep_bits, num_rows in zip(
-        units.column("path").to_pylist(), units.column("keep").to_pylist(), units.column("num_rows").to_pylist()
-    ):
-        keep = np.unpackbits(np.frombuffer(keep_bits, dtype=np.uint8), count=num_rows).astype(bool)
-        offset = 0
+    """units: rows of (path, file_index, rows, plan_dir) -> tables of (id, text, content_hash)
+    holding the file's planned rows (plan/embed), in file order. Each row read must still have
+    the id and content hash the scan saw: a file rewritten since is never embedded."""
+    for path, file_index, expected, plan_dir in zip(*(units.column(c).to_pylist()
+                                                      for c in ("path", "file_index", "rows", "plan_dir"))):
+        planned = planned_rows_of_file(plan_dir, file_index)
+        rows = planned.column("row").to_numpy()
+        if len(rows) != expected:
+            raise RuntimeError(f"the plan lists {len(rows)} rows of {path} to embed, the driver expected {expected}")
+        offset = done = 0
         for batch in open_parquet(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns.names):
-            mask = keep[offset: offset + batch.num_rows]
+            lo, hi = (int(i) for i in np.searchsorted(rows, [offset, offset + batch.num_rows]))
+            if hi > lo:
+                table = _compose(batch.take(pa.array(rows[lo:hi] - offset)), columns)
+                _check_planned(table, planned.slice(lo, hi - lo), path)
+                done = hi
+                yield table
             offset += batch.num_rows
-            if mask.any():
-                yield _compose(batch.filter(pa.array(mask)), columns)
-        if offset != num_rows:
-            raise RuntimeError(
-                f"{path} now has {offset} rows, the scan saw {num_rows}: the input changed during the run"
-            )
+        if done != len(rows):
+            raise InputChangedError(f"{INPUT_CHANGED}: {path} now has {offset} rows, fewer than the scan saw "
+                                    f"(an input file changed during the run?); nothing was published: run again "
+                                    f"once the input is stable")
+
+
+def _check_planned(table: pa.Table, planned: pa.Table, path: str) -> None:
+    same = (table.column("id").equals(planned.column("id").cast(pa.string()))
+            and table.column("content_hash").equals(planned.column("content_hash").cast(pa.string())))
+    if not same:
+        raise InputChangedError(f"{INPUT_CHANGED}: {path} holds other ids or texts than the scan saw "
+                                f"(an input file changed during the run?); nothing was published: run again once "
+                                f"the input is stable")
 
 
 def _compose(batch: pa.RecordBatch, columns: Columns) -> pa.Table:
