@@ -18,6 +18,7 @@ from pathlib import Path
 ENV = "L2V_FAULT"
 EMBED_ACTOR = "embed_actor"
 ACTOR_FAULT_BATCH = 2  # the second batch: the actor has already produced output when it dies
+INDEX_SHARD = "index_shard"
 
 
 class InjectedFault(RuntimeError):
@@ -33,6 +34,12 @@ def for_actor() -> str | None:
     """The L2V_FAULT setting to hand to the embed actors, if it targets them."""
     wanted = os.environ.get(ENV, "")
     return wanted if wanted.partition(":")[0] == EMBED_ACTOR else None
+
+
+def for_worker(name: str) -> str | None:
+    """The L2V_FAULT setting to hand to Ray tasks, if it targets point `name`."""
+    wanted = os.environ.get(ENV, "")
+    return wanted if wanted.partition(":")[0] == name else None
 
 
 def once(wanted: str | None, name: str, marker_dir: str | os.PathLike) -> None:

@@ -24,8 +24,8 @@ from ..sources import list_parquet_files
 from . import faults
 from .config import EmbedConfig
 from .incremental import Reuse, copy_reused, has_changes, plan_reuse, write_run_record
-from .index_build import build_index
-from .index_update import plan_index_update, update_index
+from .index_shards import build_index_on_workers, update_index_on_worker
+from .index_update import plan_index_update
 from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree
 from .manifest import build_manifest, vector_identity, write_manifest
 from .preflight import check_room_for_text
@@ -195,13 +195,13 @@ def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: Plan, reuse: Reu
         why = reuse.repair
     settings = {"recall_queries": cfg.recall_queries, "recall_target": cfg.recall_target, "seed": cfg.seed}
     if update:
-        return update_index(version_dir, version_dir / "vectors", reuse.previous_dir, reuse.published_ids, dim,
-                            built_because=why, **settings)
+        return update_index_on_worker(version_dir, version_dir / "vectors", reuse.previous_dir, reuse.published_ids,
+                                      dim, built_because=why, **settings)
     if reuse.previous_dir is not None:
         logger.info("index: rebuilding (%s)", why)
     requested = cfg.index if plan.rows_to_embed else "flat"  # nothing to train an IVF index on
-    return build_index(version_dir, version_dir / "vectors", dim, requested=requested,
-                       memory_budget=cfg.index_memory_bytes, built_because=why, **settings)
+    return build_index_on_workers(version_dir, version_dir / "vectors", dim, requested=requested,  # Ray tasks
+                                  memory_budget=cfg.index_memory_bytes, built_because=why, **settings)
 
 
 def _check_first_file(uri: str, columns: Columns) -> None:
