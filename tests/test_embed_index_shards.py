@@ -4,6 +4,7 @@ build without leaving an index behind."""
 
 import json
 import shutil
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -136,3 +137,17 @@ def test_a_failing_shard_fails_the_build_and_leaves_no_index(ray_session, tmp_pa
     with pytest.raises(IndexBuildError, match=r"index shard \d .*InjectedFault.*nothing was published"):
         build_index_on_workers(version, folder, 32, requested="ivf", recall_queries=50, shards=2)
     assert sorted(p.name for p in version.iterdir()) == ["vectors"]  # no index, id map, info or shard files
+
+
+def test_bench_quick_builds_on_one_and_two_workers_at_equal_recall(ray_session, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_index_build.py"
+    spec = importlib.util.spec_from_file_location("bench_index_build", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data, one, two = bench.main(["--quick", "--index", "ivf", "--work", str(tmp_path)])  # ivf: trains in no time
+    assert data["vectors"] == one["vectors"] == two["vectors"] == 6000
+    assert (one["workers"], one["threads_per_worker"], two["workers"], two["threads_per_worker"]) == (1, 2, 2, 1)
+    assert set(two["steps_s"]) == {"sample", "train", "add", "merge", "tune_write"}
+    assert one["recall_at_10"] == two["recall_at_10"] > 0.5 and one["search_params"] == two["search_params"]

@@ -33,6 +33,7 @@ FLAT_MAX_ROWS = 50_000  # exact search below this (autofaiss' rule of thumb)
 CHUNK_ROWS = 16_384
 RECALL_K = 10
 HNSW_M = 32
+PQ_PLATEAU = 0.005  # IVF-PQ tuning stops when doubling nprobe gains less recall@10 than this
 ID_MAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("id", pa.string()), ("file", pa.string()), ("row", pa.int64())])
 
 
@@ -363,4 +364,10 @@ def _tune(index, spec: IndexSpec, queries: np.ndarray, exact: tuple, target: flo
         chosen = params
         if recall >= target:
             break
+        if spec.kind == "ivfpq" and len(tried) > 1 and recall - tried[-2]["recall_at_10"] < PQ_PLATEAU:
+            # the PQ codes cap recall below the target: more lists only slow search (and this
+            # tuning: the last values scan the whole index per query). Keep the smaller nprobe.
+            chosen = {knob: tried[-2][knob]}
+            apply_search_params(index, chosen)
+            return {"chosen": chosen, "recall": tried[-2]["recall_at_10"], "tried": tried}
     return {"chosen": chosen, "recall": tried[-1]["recall_at_10"], "tried": tried}
