@@ -82,6 +82,7 @@ def main(argv=None) -> list[dict]:
             version = work / f"workers-{workers}"
             shutil.rmtree(version, ignore_errors=True)
             version.mkdir(parents=True)
+            load_before = os.getloadavg()[0]
             start = time.perf_counter()
             info = build_index_on_workers(version, vectors_dir, args.dim, requested=args.index,
                                           memory_budget=int(args.memory_budget_gib * 2**30),
@@ -93,7 +94,9 @@ def main(argv=None) -> list[dict]:
                     "factory": info["factory"],
                     "train_size": info["train_size"], "steps_s": info["steps_s"], "total_s": round(total, 1),
                     "recall_at_10": info["recall_at_10"], "search_params": info["search_params"],
-                    "tuning": info["tuning"], "shards": info.get("shards")}
+                    "tuning": info["tuning"], "shards": info.get("shards"),
+                    # the machine's 1-minute load before and after: other work on the cores skews times
+                    "load_avg": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
             print(json.dumps(line), flush=True)
             lines.append(line)
     finally:

@@ -186,10 +186,13 @@ def _build_sharded(version_dir, layout, dim, spec: IndexSpec, plan: WorkerPlan, 
     train_parts = [t for _, t in sampled]
     ray.wait(train_parts, num_returns=len(train_parts), fetch_local=False)
     steps["sample"] = round(time.perf_counter() - start, 3)
-    trained = _task(plan.single_cpus).remote(plan.single_cpus, train_serialized, spec, dim, *train_parts)
+    # the trained index stays in the object store (with many lists of wide vectors it is not
+    # small); the driver only fetches its size, which raises if training failed
+    trained, trained_bytes = _task(plan.single_cpus, num_returns=2).remote(
+        plan.single_cpus, train_serialized, spec, dim, *train_parts)
     logger.info("index: sampled %d training vectors and %d queries in %d tasks",
                 0 if train_rows is None else len(train_rows), len(queries), len(ranges))
-    _get(trained, "training the index")
+    logger.info("index: trained (%d bytes of centroids and codebooks)", _get(trained_bytes, "training the index"))
     steps["train"] = _lap(start, steps)
 
     fault = faults.for_worker(faults.INDEX_SHARD)
@@ -354,10 +357,12 @@ def sample_range(layout: VectorsLayout, shard: ShardRange, dim: int, query_rows:
     return gathered[np.searchsorted(wanted, query_rows)], gathered[np.searchsorted(wanted, train_rows)]
 
 
-def train_serialized(spec: IndexSpec, dim: int, *train_parts: np.ndarray) -> np.ndarray:
-    """The trained, empty index as faiss' bytes (uint8 array), from the shards' training rows."""
+def train_serialized(spec: IndexSpec, dim: int, *train_parts: np.ndarray) -> tuple[np.ndarray, int]:
+    """(the trained, empty index as faiss' bytes (uint8 array), their count), from the shards'
+    training rows."""
     train = np.concatenate(train_parts) if train_parts else np.zeros((0, dim), np.float32)
-    return faiss.serialize_index(train_index(new_index(spec, dim), spec, train))
+    trained = faiss.serialize_index(train_index(new_index(spec, dim), spec, train))
+    return trained, len(trained)
 
 
 def add_shard(trained: np.ndarray, spec: IndexSpec, layout: VectorsLayout, shard: ShardRange, dim: int,
