@@ -87,11 +87,11 @@ def test_merged_shards_equal_a_serial_build_from_the_same_trained_index(tmp_path
 
 
 def _merged_exact(results, queries):
-    from pipelines.embed.index_build import _merge_top_k
+    from pipelines.embed.index_build import merge_top_k
 
     scores, ids = np.full((len(queries), 10), -np.inf, np.float32), np.full((len(queries), 10), -1, np.int64)
     for r in results:
-        scores, ids = _merge_top_k(scores, ids, r.exact_scores, r.exact_ids, 10)
+        scores, ids = merge_top_k(scores, ids, r.exact_scores, r.exact_ids, 10)
     return ids
 
 

@@ -6,7 +6,8 @@ the vectors twice (a sample for training and recall queries, then the adds), nev
 whole corpus as one array besides the index itself. faiss ids are positions in that stream
 (after an in-place update, `index_update.py`, they are not: kept vectors keep their old ids);
 the id map (`id_map.parquet`: faiss_id, id, file, row) leads back to the corpus id and to the
-row in the vectors parquet (where the text is, when stored).
+row in the vectors parquet (where the text is, when stored). A run builds the index on Ray
+workers (`index_shards.py`: sample, train, add in shards, merge) out of the pieces defined here.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def stream_chunks(chunks, files, dim, id_map_path: Path, queries: np.ndarray, pl
             vectors = as_matrix(batch.column(1), dim)
             ids = place(batch.column(0), vectors)
             if len(queries) and len(vectors):
-                best_scores, best_ids = _merge_top_k(best_scores, best_ids, *exact_top_k(queries, vectors, ids, k), k)
+                best_scores, best_ids = merge_top_k(best_scores, best_ids, *exact_top_k(queries, vectors, ids, k), k)
             writer.write_table(pa.table({
                 "faiss_id": ids, "id": batch.column(0),
                 "file": pa.array([f"vectors/{Path(files[file_index]).name}"] * len(ids), pa.string()),
@@ -304,7 +305,7 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: in
     return scores, np.where(where >= 0, ids[np.maximum(where, 0)], -1)
 
 
-def _merge_top_k(scores, ids, new_scores, new_ids, k):
+def merge_top_k(scores, ids, new_scores, new_ids, k):
     all_scores = np.concatenate([scores, new_scores], axis=1)
     all_ids = np.concatenate([ids, np.broadcast_to(new_ids, new_scores.shape)], axis=1)
     take = min(k, all_scores.shape[1])

@@ -66,12 +66,12 @@ from .index_build import (
     ID_MAP_SCHEMA,
     RECALL_K,
     IndexSpec,
-    _merge_top_k,
     append_in_order,
     as_matrix,
     build_index,
     choose_index,
     finish_index,
+    merge_top_k,
     new_index,
     sample_rows,
     stream_chunks,
@@ -413,7 +413,7 @@ def merge_shards(version_dir: Path, spec: IndexSpec, results: list[ShardResult],
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     for result in results:
-        best_scores, best_ids = _merge_top_k(best_scores, best_ids, result.exact_scores, result.exact_ids, k)
+        best_scores, best_ids = merge_top_k(best_scores, best_ids, result.exact_scores, result.exact_ids, k)
     _concat_parquet([r.id_map_file for r in results], version_dir / ID_MAP_FILE)
     totals = {"tokens": sum(r.tokens for r in results), "truncated": sum(r.truncated for r in results)}
     steps = {**extra["steps_s"], "merge": round(time.perf_counter() - merging, 3)}
