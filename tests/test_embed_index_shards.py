@@ -151,3 +151,25 @@ def test_bench_quick_builds_on_one_and_two_workers_at_equal_recall(ray_session, 
     assert (one["workers"], one["threads_per_worker"], two["workers"], two["threads_per_worker"]) == (1, 2, 2, 1)
     assert set(two["steps_s"]) == {"sample", "train", "add", "merge", "tune_write"}
     assert one["recall_at_10"] == two["recall_at_10"] > 0.5 and one["search_params"] == two["search_params"]
+
+
+def test_a_run_indexes_on_shards_and_a_failing_shard_publishes_nothing(ray_session, tiny_encoder_dir, tmp_path,
+                                                                      monkeypatch):
+    from embed_helpers import small_config, write_corpus
+
+    from pipelines.embed import OutputLayout, index_shards, run_embed
+    from pipelines.search import CorpusIndex
+
+    monkeypatch.setattr(index_shards, "MIN_SHARD_ROWS", 10)  # shard even this corpus (the driver decides)
+    cfg = small_config(write_corpus(tmp_path / "corpus", n=120), tmp_path / "out", tiny_encoder_dir, index="ivf")
+    first = run_embed(cfg)
+    info = json.loads((first.version_dir / "index_info.json").read_text())
+    assert (info["workers"], info["count"], info["built_by"]) == (2, 120, "rebuild") and info["recall_at_10"] >= 0.95
+    id_map = pq.read_table(first.version_dir / "id_map.parquet")
+    assert sorted(id_map.column("id").to_pylist()) == sorted(f"doc{i}" for i in range(120))
+    assert CorpusIndex.open(cfg.output).search("glaciers", k=3)[0]  # search loads the merged index
+
+    monkeypatch.setenv(faults.ENV, faults.INDEX_SHARD)
+    with pytest.raises(IndexBuildError, match="nothing was published"):
+        run_embed(cfg)
+    assert OutputLayout(cfg.output).current() == first.version
