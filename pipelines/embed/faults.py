@@ -18,6 +18,7 @@ from pathlib import Path
 ENV = "L2V_FAULT"
 EMBED_ACTOR = "embed_actor"
 ACTOR_FAULT_BATCH = 2  # the second batch: the actor has already produced output when it dies
+INDEX_SHARD = "index_shard"
 
 
 class InjectedFault(RuntimeError):

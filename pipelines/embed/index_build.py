@@ -6,7 +6,8 @@ the vectors twice (a sample for training and recall queries, then the adds), nev
 whole corpus as one array besides the index itself. faiss ids are positions in that stream
 (after an in-place update, `index_update.py`, they are not: kept vectors keep their old ids);
 the id map (`id_map.parquet`: faiss_id, id, file, row) leads back to the corpus id and to the
-row in the vectors parquet (where the text is, when stored).
+row in the vectors parquet (where the text is, when stored). A run builds the index on Ray
+workers (`index_shards.py`: sample, train, add in shards, merge) out of the pieces defined here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FLAT_MAX_ROWS = 50_000  # exact search below this (autofaiss' rule of thumb)
 CHUNK_ROWS = 16_384
 RECALL_K = 10
 HNSW_M = 32
+PQ_PLATEAU = 0.005  # IVF-PQ tuning stops when doubling nprobe gains less recall@10 than this
 ID_MAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("id", pa.string()), ("file", pa.string()), ("row", pa.int64())])
 
 
@@ -140,7 +142,9 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
                 memory_budget: int = 4 << 30, recall_queries: int = 200, recall_target: float = 0.95,
                 seed: int = 0, built_because: str = "a fresh build") -> dict:
     """Write index.faiss, id_map.parquet and index_info.json into `version_dir`; returns the info
-    (plus 'tokens' and 'truncated' summed over the vectors)."""
+    (plus 'tokens' and 'truncated' summed over the vectors). One process does every step: the
+    run calls it inside one Ray task (`index_shards.py`) for Flat and HNSW indexes and for IVF
+    indexes too small to shard; larger IVF indexes are added on several workers instead."""
     start = time.perf_counter()
     files = vector_files(vectors_dir)
     n = count_vectors(files)
@@ -148,24 +152,44 @@ def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: st
     logger.info("index: %s for %d vectors of dim %d (%s)", spec.factory, n, dim, spec.reason)
     query_rows, train_rows = sample_rows(n, recall_queries, spec.train_size, seed)
     queries, train = sample_vectors(files, dim, query_rows, train_rows)
-
-    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    if spec.kind == "hnsw":
-        index.hnsw.efConstruction = spec.params["efConstruction"]
-    if spec.kind == "ivfpq":
-        faiss.downcast_index(index).do_polysemous_training = False  # slow, and unused by IVF-PQ search here
-    if not index.is_trained:
-        if train is None or len(train) == 0:
-            raise ValueError(f"a {spec.kind} index needs training vectors; the corpus has none (use --index flat)")
-        logger.info("training %s on %d vectors", spec.factory, len(train))
-        index.train(train)
-    exact, totals = stream_vectors(files, dim, version_dir, queries, _append_in_order(index, spec))
+    steps = {"sample": _since(start)}
+    index = train_index(new_index(spec, dim), spec, train)
+    steps["train"] = _since(start, steps)
+    exact, totals = stream_vectors(files, dim, version_dir, queries, append_in_order(index, spec))
+    steps["add"] = _since(start, steps)
     return finish_index(index, spec, version_dir, queries, exact, totals, recall_target, start, {
         "train_size": 0 if train is None else int(len(train)),
         "built_by": "rebuild",
         "built_because": built_because,
         "since_training": {"trained_count": n, "removed": 0, "added": 0},
+        "workers": 1,
+        "steps_s": steps,
     })
+
+
+def new_index(spec: IndexSpec, dim: int):
+    """An empty, untrained index for `spec` (cosine: inner product over normalized vectors)."""
+    index = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "hnsw":
+        index.hnsw.efConstruction = spec.params["efConstruction"]
+    if spec.kind == "ivfpq":
+        faiss.downcast_index(index).do_polysemous_training = False  # slow, and unused by IVF-PQ search here
+    return index
+
+
+def train_index(index, spec: IndexSpec, train: np.ndarray | None):
+    """Train `index` in place on the sample (IVF centroids, PQ codebooks); Flat/HNSW need none."""
+    if not index.is_trained:
+        if train is None or len(train) == 0:
+            raise ValueError(f"a {spec.kind} index needs training vectors; the corpus has none (use --index flat)")
+        logger.info("training %s on %d vectors", spec.factory, len(train))
+        index.train(train)
+    return index
+
+
+def _since(start: float, steps: dict | None = None) -> float:
+    """Seconds since `start` not yet accounted to earlier steps."""
+    return round(time.perf_counter() - start - sum((steps or {}).values()), 3)
 
 
 def sample_rows(n: int, recall_queries: int, train_size: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -179,8 +203,11 @@ def sample_rows(n: int, recall_queries: int, train_size: int, seed: int) -> tupl
 def finish_index(index, spec: IndexSpec, version_dir: Path, queries: np.ndarray, exact: tuple, totals: dict,
                  recall_target: float, start: float, extra: dict) -> dict:
     """Tune the search knob on the recall queries, write the index and index_info.json."""
+    tuned_from = time.perf_counter()
     tuning = _tune(index, spec, queries, exact, recall_target)
     faiss.write_index(index, str(version_dir / INDEX_FILE))
+    if "steps_s" in extra:
+        extra = {**extra, "steps_s": {**extra["steps_s"], "tune_write": round(time.perf_counter() - tuned_from, 3)}}
     info = {
         "factory": spec.factory,
         "kind": spec.kind,
@@ -221,9 +248,9 @@ def sample_vectors(files, dim, query_rows, train_rows) -> tuple[np.ndarray, np.n
     return queries, train
 
 
-def _append_in_order(index, spec: IndexSpec):
-    """A `place` for stream_vectors: every vector is added, its faiss id is its stream position."""
-    position = 0
+def append_in_order(index, spec: IndexSpec, position: int = 0):
+    """A `place` for stream_vectors: every vector is added, its faiss id is its stream position
+    (`position`: that of the first vector placed, > 0 for a shard of the stream)."""
 
     def place(ids: pa.Array, vectors: np.ndarray) -> np.ndarray:
         nonlocal position
@@ -241,20 +268,27 @@ def _append_in_order(index, spec: IndexSpec):
 def stream_vectors(files, dim, version_dir: Path, queries: np.ndarray, place):
     """Pass 2 over every chunk: `place(ids, vectors)` adds what the index lacks and returns each
     row's faiss id; writes the id map and keeps the exact top-k of the recall queries."""
+    chunks = iter_chunks(files, ["id", "embedding", "n_tokens", "truncated"])
+    return stream_chunks(chunks, files, dim, version_dir / ID_MAP_FILE, queries, place)
+
+
+def stream_chunks(chunks, files, dim, id_map_path: Path, queries: np.ndarray, place):
+    """`stream_vectors` over any (file index, first row, batch) chunks: a whole corpus, or the
+    row range of one shard (`index_shards.py`). Returns ((exact ids, exact scores), totals)."""
     k = RECALL_K
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     totals = {"tokens": 0, "truncated": 0}
-    writer = pq.ParquetWriter(version_dir / ID_MAP_FILE, ID_MAP_SCHEMA)
+    writer = pq.ParquetWriter(id_map_path, ID_MAP_SCHEMA)
     try:
-        for file_index, first_row, batch in iter_chunks(files, ["id", "embedding", "n_tokens", "truncated"]):
+        for file_index, first_row, batch in chunks:
             vectors = as_matrix(batch.column(1), dim)
             ids = place(batch.column(0), vectors)
-            if len(queries):
-                best_scores, best_ids = _merge_top_k(best_scores, best_ids, queries @ vectors.T, ids, k)
+            if len(queries) and len(vectors):
+                best_scores, best_ids = merge_top_k(best_scores, best_ids, *exact_top_k(queries, vectors, ids, k), k)
             writer.write_table(pa.table({
                 "faiss_id": ids, "id": batch.column(0),
-                "file": pa.array([f"vectors/{files[file_index].name}"] * len(ids), pa.string()),
+                "file": pa.array([f"vectors/{Path(files[file_index]).name}"] * len(ids), pa.string()),
                 "row": np.arange(first_row, first_row + len(ids), dtype=np.int64),
             }, schema=ID_MAP_SCHEMA))
             totals["tokens"] += int(np.asarray(batch.column(2)).sum())
@@ -264,7 +298,14 @@ def stream_vectors(files, dim, version_dir: Path, queries: np.ndarray, place):
     return (best_ids, best_scores), totals
 
 
-def _merge_top_k(scores, ids, new_scores, new_ids, k):
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, faiss ids) of each query's k best `vectors` by inner product. faiss' own BLAS does
+    the product, so the threads it takes follow faiss.omp_set_num_threads like the adds do."""
+    scores, where = faiss.knn(queries, vectors, min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, np.where(where >= 0, ids[np.maximum(where, 0)], -1)
+
+
+def merge_top_k(scores, ids, new_scores, new_ids, k):
     all_scores = np.concatenate([scores, new_scores], axis=1)
     all_ids = np.concatenate([ids, np.broadcast_to(new_ids, new_scores.shape)], axis=1)
     take = min(k, all_scores.shape[1])
@@ -324,4 +365,10 @@ def _tune(index, spec: IndexSpec, queries: np.ndarray, exact: tuple, target: flo
         chosen = params
         if recall >= target:
             break
+        if spec.kind == "ivfpq" and len(tried) > 1 and recall - tried[-2]["recall_at_10"] < PQ_PLATEAU:
+            # the PQ codes cap recall below the target: more lists only slow search (and this
+            # tuning: the last values scan the whole index per query). Keep the smaller nprobe.
+            chosen = {knob: tried[-2][knob]}
+            apply_search_params(index, chosen)
+            return {"chosen": chosen, "recall": tried[-2]["recall_at_10"], "tried": tried}
     return {"chosen": chosen, "recall": tried[-1]["recall_at_10"], "tried": tried}

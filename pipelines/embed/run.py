@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,8 +25,8 @@ from ..sources import list_parquet_files
 from . import faults
 from .config import EmbedConfig
 from .incremental import ReuseSources, copy_reused, published_identity, reuse_sources, write_run_record
-from .index_build import build_index
-from .index_update import plan_index_update, update_index
+from .index_shards import build_index_on_workers, update_index_on_worker
+from .index_update import plan_index_update
 from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree, vector_files_of
 from .manifest import build_manifest, vector_identity
 from .plan import PlanSummary, choose_partitions, finish_plan, has_changes, published_quarantine, start_scan
@@ -288,14 +289,14 @@ def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: PlanSummary) -> 
         why = sources.repair
     settings = {"recall_queries": cfg.recall_queries, "recall_target": cfg.recall_target, "seed": cfg.seed}
     if update:
-        kept_ids = reused_ids(str(plan.plan_dir), sources.published_files)
-        return update_index(version_dir, version_dir / "vectors", sources.previous_dir, kept_ids, dim,
-                            built_because=why, **settings)
+        kept_ids = partial(reused_ids, str(plan.plan_dir), sources.published_files)  # read on the worker
+        return update_index_on_worker(version_dir, version_dir / "vectors", sources.previous_dir, kept_ids, dim,
+                                      built_because=why, **settings)
     if sources.previous_dir is not None:
         logger.info("index: rebuilding (%s)", why)
     requested = cfg.index if plan.rows_planned else "flat"  # nothing to train an IVF index on
-    return build_index(version_dir, version_dir / "vectors", dim, requested=requested,
-                       memory_budget=cfg.index_memory_bytes, built_because=why, **settings)
+    return build_index_on_workers(version_dir, version_dir / "vectors", dim, requested=requested,  # Ray tasks
+                                  memory_budget=cfg.index_memory_bytes, built_because=why, **settings)
 
 
 def _check_first_file(uri: str, columns: Columns) -> int:
