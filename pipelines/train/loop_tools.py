@@ -252,6 +252,17 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float | None) -> 
     return float(norm)
 
 
+def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows -> (padded (b, s), attention_mask (b, s)), padding on the right."""
+    longest = max(len(r) for r in rows)
+    out = torch.full((len(rows), longest), pad_id, dtype=dtype)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(np.asarray(r), dtype=dtype)  # copies: Ray hands read-only arrays
+        mask[i, : len(r)] = 1
+    return out, mask
+
+
 def autocast(stage, device: torch.device):
     """The forward pass's precision context: bf16 autocast when the stage asks for it, else a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import ray.train
-import torch
 
 from l2v_core import enable_bidirectional, load_model
 from l2v_core.contrastive import PooledEmbedder, set_attention_dropout, simcse_loss
@@ -32,22 +30,12 @@ from .loop_tools import (
     load_checkpoint,
     make_optimizer,
     merge_earlier_adapters,
+    pad_right,
     report,
     seed_everything,
     start_worker,
     stream_seed,
 )
-
-
-def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged rows -> (padded (b, s), attention_mask (b, s)), padding on the right."""
-    longest = max(len(r) for r in rows)
-    out = torch.full((len(rows), longest), pad_id, dtype=dtype)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(np.asarray(r), dtype=dtype)  # copies: Ray hands read-only arrays
-        mask[i, : len(r)] = 1
-    return out, mask
 
 
 def simcse_loop(config: dict) -> None:
