@@ -27,6 +27,7 @@ One stage alone: --stages mntp (then --stages simcse --base-model OUTPUT/encoder
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -69,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, help="supervised: cached-gradient chunk size (GradCache; 0 = off)")
     p.add_argument("--seed", type=int, help="seed of every stage (LoRA init, masks, dropout, data order)")
     p.add_argument("--text-column", help="text column of a parquet corpus")
+    p.add_argument("--tracker", choices=["none", "tensorboard"],
+                   help="tensorboard: training curves in OUTPUT/tensorboard (tensorboard --logdir reads them)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a running cluster, else local)")
     p.add_argument("--eval-report", help="a jobs/evaluate.py --out report to put on the encoder's model card")
     return p.parse_args(argv)
@@ -87,7 +90,7 @@ def build_config(args: argparse.Namespace):
     except ValueError as err:  # a YAML or validation error, naming the file
         raise UsageError(one_line(err)) from err
     overrides = {
-        ("base_model",): args.base_model, ("text_column",): args.text_column,
+        ("base_model",): args.base_model, ("text_column",): args.text_column, ("tracker",): args.tracker,
         ("stages",): args.stages.split(",") if args.stages else None,
         ("cluster", "num_workers"): args.num_workers, ("cluster", "cpus_per_worker"): args.cpus_per_worker,
         ("cluster", "use_gpu"): args.use_gpu, ("cluster", "strategy"): args.strategy,
@@ -119,6 +122,8 @@ def check_paths(args: argparse.Namespace, cfg) -> None:
         raise UsageError(f"stages {','.join(cfg.stages)} need --corpus (MNTP text / SimCSE sentences)")
     if "supervised" in cfg.stages and not args.pairs:
         raise UsageError("the supervised stage needs --pairs PATH (parquet or JSONL with query and positive columns)")
+    if cfg.tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise UsageError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]'")
     for flag, value in (("--corpus", args.corpus), ("--simcse-corpus", args.simcse_corpus), ("--pairs", args.pairs)):
         if value and "://" not in value and not any(ch in value for ch in "*?[") and not Path(value).exists():
             raise UsageError(f"{flag} {value} does not exist")

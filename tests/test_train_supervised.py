@@ -1,5 +1,6 @@
 """The supervised stage on Ray Train: 2 workers, cached gradients, through jobs/adapt.py."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def test_two_workers_with_cached_gradients_equal_one_process_and_export(ray_sess
     out = tmp_path / "adapt"
     from jobs import adapt
 
-    summary = adapt.run(["--pairs", str(pairs), "--output", str(out), "--base-model", model, "--config", str(config)])
+    tracker = ["--tracker", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    summary = adapt.run(["--pairs", str(pairs), "--output", str(out), "--base-model", model, "--config", str(config),
+                         *tracker])
 
     records = [json.loads(line) for line in (out / "logs" / "supervised.jsonl").read_text().splitlines()]
     one_process = _one_process_losses(model, stage, PAIRS)
@@ -92,3 +95,22 @@ def test_two_workers_with_cached_gradients_equal_one_process_and_export(ray_sess
     assert encoder.settings.max_length == 64
     assert [s["name"] for s in encoder.settings.stages] == ["bidirectional", "supervised"]
     assert encoder.encode(["a query"], INSTRUCTION).shape == (1, 64)
+
+    if tracker:  # the event file, read by tensorboard's own reader
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(out / "tensorboard" / "supervised")).Reload()
+        assert {"supervised/loss", "supervised/lr", "supervised/grad_norm",
+                "supervised/tokens_per_s_per_worker"} <= set(events.Tags()["scalars"])
+        assert [e.value for e in events.Scalars("supervised/loss")] == pytest.approx(one_process, abs=1e-4)
+
+
+def test_step_line_shows_step_of_total_and_an_eta(capsys):
+    from pipelines.train.loop_tools import StepLog
+
+    log = StepLog("demo", 0, total=100)
+    log.step(step=1, loss=1.0, step_time_s=2.0)
+    log.step(step=2, loss=0.9, step_time_s=2.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[demo] step 1/100 ") and lines[0].endswith("eta 3m18s")  # 99 steps x 2 s
+    assert "step 2/100" in lines[1] and " eta " in lines[1]

@@ -136,7 +136,8 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
         dataset, data_notes = spec.dataset(cfg, inputs, model_ref)
         loop_config = {"stage": stage.model_dump(), "model_path": model_ref, "merge": list(checkpoints),
                        "log_path": str(output / "logs" / f"{stage_name}.live.jsonl"), "strategy": cfg.cluster.strategy,
-                       "cpu_threads": cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker))}
+                       "cpu_threads": cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker)),
+                       "tracker_dir": str(output / "tensorboard" / stage_name) if cfg.tracker != "none" else None}
         start = time.perf_counter()
         result = run_stage(spec.loop, loop_config, cfg.cluster, name=f"{run_name}-{stage_name}", storage_path=storage,
                            datasets={"train": dataset})
@@ -167,6 +168,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
         "encoder": str(encoder_dir), "adapters": str(output / "adapters"), "loss_curves": str(png) if png else None,
         "storage_path": storage, "run_name": run_name, "stages": history,
         "export_wall_time_s": round(time.perf_counter() - start, 1),
+        **({"tensorboard": str(output / "tensorboard")} if cfg.tracker == "tensorboard" else {}),
     }
     (output / "adapt_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

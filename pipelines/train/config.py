@@ -149,6 +149,10 @@ class AdaptConfig(_Strict):
     simcse: SimCSESettings = Field(default_factory=SimCSESettings)
     supervised: SupervisedSettings = Field(default_factory=SupervisedSettings)
     export_max_length: int = Field(512, gt=1, description="Max tokens per text of the exported encoder.")
+    tracker: Literal["none", "tensorboard"] = Field(
+        "none", description="tensorboard: rank 0 writes loss, lr, grad norm, tokens/s of every logged step to "
+        "OUTPUT/tensorboard/<stage> (`tensorboard --logdir OUTPUT/tensorboard`)."
+    )
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="after")

@@ -49,7 +49,9 @@ def start_worker(stage: str, config: dict) -> tuple[int, int, torch.device, int,
     rank, world = rank_and_world()
     set_cpu_threads(config)
     device = ray.train.torch.get_device()
-    return rank, world, device, count_nodes(), StepLog(stage, rank, config.get("log_path"))
+    log = StepLog(stage, rank, config.get("log_path"), total=config.get("stage", {}).get("steps"),
+                  tracker_dir=config.get("tracker_dir"))
+    return rank, world, device, count_nodes(), log
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -199,18 +201,22 @@ def report(state: TrainState, metrics: dict, peft_model, optimizer, scheduler, l
 
 
 class StepLog:
-    """Rank 0's step log: one console line and one JSONL record per logged step.
+    """Rank 0's step log: one console line (step/total, ETA) and one JSONL record per logged step.
 
     Records are kept in memory and copied into every checkpoint, so the log of a resumed run
     continues the checkpointed one (steps after the last checkpoint of a failed attempt are dropped).
-    `path` (optional) gets a live copy on rank 0's machine.
+    `path` (optional) gets a live copy on rank 0's machine; `tracker_dir` (optional) a TensorBoard
+    event file of the numeric fields (`tensorboard --logdir` reads it).
     """
 
-    def __init__(self, stage: str, rank: int, path: str | None = None):
-        self.stage, self.rank = stage, rank
+    def __init__(self, stage: str, rank: int, path: str | None = None, *, total: int | None = None,
+                 tracker_dir: str | None = None):
+        self.stage, self.rank, self.total = stage, rank, total
         self.records: list[dict] = []
         self.path = Path(path) if path and rank == 0 else None
         self._t0 = time.perf_counter()
+        self._first: tuple[int, float] | None = None  # (step, time) of this process's first logged step
+        self._writer = tensorboard_writer(tracker_dir) if tracker_dir and rank == 0 else None
 
     def info(self, message: str) -> None:
         if self.rank == 0:
@@ -219,14 +225,38 @@ class StepLog:
     def step(self, **record) -> None:
         if self.rank != 0:
             return
-        record = {"stage": self.stage, "elapsed_s": round(time.perf_counter() - self._t0, 3), **record}
+        now = time.perf_counter()
+        record = {"stage": self.stage, "elapsed_s": round(now - self._t0, 3), **record}
         self.records.append(record)
-        shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "stage")
-        print(f"[{self.stage}] {shown}", flush=True)
+        step = record.get("step", 0)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k not in ("stage", "step"))
+        print(f"[{self.stage}] step {step}/{self.total or '?'} {shown}{self._eta(step, now, record)}", flush=True)
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch", "elapsed_s"):
+                    self._writer.add_scalar(f"{self.stage}/{key}", value, step)
+            self._writer.flush()
+
+    def _eta(self, step: int, now: float, record: dict) -> str:
+        """' eta 12m05s' from this process's pace (the first line: its step time), '' when unknown."""
+        if not self.total:
+            return ""
+        if self._first is None:
+            self._first = (step, now)
+            per_step = record.get("step_time_s")
+        else:
+            done = step - self._first[0]
+            per_step = (now - self._first[1]) / done if done > 0 else None
+        if per_step is None:
+            return ""
+        left = int(per_step * max(self.total - step, 0))
+        if left >= 3600:
+            return f" eta {left // 3600}h{left % 3600 // 60:02d}m"
+        return f" eta {left // 60}m{left % 60:02d}s"
 
     def restore(self, file: Path) -> None:
         if file.is_file():
@@ -237,6 +267,16 @@ class StepLog:
 
     def copy_to(self, file: Path) -> None:
         file.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def tensorboard_writer(folder: str):
+    """A TensorBoard SummaryWriter into `folder` (rank 0); a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise RuntimeError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]' "
+                           "(or pip install tensorboard)") from err
+    return SummaryWriter(log_dir=folder)
 
 
 def _fmt(value) -> str:
