@@ -28,6 +28,7 @@ from l2v_core.loading import resolve_model_path
 from .config import AdaptConfig
 from .data import mntp_blocks, simcse_sentences
 from .export import adapter_base, export_encoder, keep_adapter_and_log, write_adapters_readme
+from .loop_config import LoopConfig
 from .mntp_loop import mntp_loop
 from .pairs import supervised_pairs
 from .plot import plot_losses
@@ -134,10 +135,12 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
     for index, stage_name in enumerate(cfg.stages):
         stage, spec = getattr(cfg, stage_name), STAGES[stage_name]
         dataset, data_notes = spec.dataset(cfg, inputs, model_ref)
-        loop_config = {"stage": stage.model_dump(), "model_path": model_ref, "merge": list(checkpoints),
-                       "log_path": str(output / "logs" / f"{stage_name}.live.jsonl"), "strategy": cfg.cluster.strategy,
-                       "cpu_threads": cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker)),
-                       "tracker_dir": str(output / "tensorboard" / stage_name) if cfg.tracker != "none" else None}
+        loop_config = LoopConfig(
+            stage=stage.model_dump(), model_path=model_ref, merge=tuple(checkpoints),
+            log_path=str(output / "logs" / f"{stage_name}.live.jsonl"), strategy=cfg.cluster.strategy,
+            cpu_threads=cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker)),
+            tracker_dir=str(output / "tensorboard" / stage_name) if cfg.tracker != "none" else None,
+        ).to_dict()
         start = time.perf_counter()
         result = run_stage(spec.loop, loop_config, cfg.cluster, name=f"{run_name}-{stage_name}", storage_path=storage,
                            datasets={"train": dataset})

@@ -26,6 +26,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from l2v_core.lora import load_adapter, load_lora_state_dict, merge_lora, save_adapter
 
+from .loop_config import LoopConfig
+
 # Full (unsharded) tensors on the CPU, trainable ones only: the same checkpoint for DDP, FSDP and
 # one worker, and a few MB for a LoRA whatever the size of the frozen base.
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
@@ -43,15 +45,24 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this worker's shard consumed in `epoch`
 
 
-def start_worker(stage: str, config: dict) -> tuple[int, int, torch.device, int, StepLog]:
+def start_worker(stage: str, config: LoopConfig) -> tuple[int, int, torch.device, int, StepLog]:
     """What every stage's loop starts with: (rank, world size, device, nodes spanned, step log),
     with this worker's CPU threads set."""
     rank, world = rank_and_world()
-    set_cpu_threads(config)
+    set_cpu_threads(config.cpu_threads)
     device = ray.train.torch.get_device()
-    log = StepLog(stage, rank, config.get("log_path"), total=config.get("stage", {}).get("steps"),
-                  tracker_dir=config.get("tracker_dir"))
+    log = StepLog(stage, rank, config.log_path, total=config.stage.get("steps"), tracker_dir=config.tracker_dir)
     return rank, world, device, count_nodes(), log
+
+
+def fault_point(config: LoopConfig, stage: str, step: int) -> None:
+    """Crash tests: fire `config.fault` when it names this stage and step ("mntp_step_3", or
+    "mntp_step_3:kill" for SIGKILL), once per run (a restarted worker group carries on). The
+    same mechanism and syntax as the embed pipeline's L2V_FAULT (pipelines/embed/faults.py)."""
+    if config.fault:
+        from ..embed import faults
+
+        faults.once(config.fault, f"{stage}_step_{step}", config.fault_dir)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -71,10 +82,9 @@ def count_nodes() -> int:
     return len(set(nodes))
 
 
-def set_cpu_threads(config: dict) -> None:
+def set_cpu_threads(threads: int | None) -> None:
     """One intra-op thread pool per worker sized to its CPU share: two workers that each spawn a
     thread per core on the same machine slow each other down."""
-    threads = config.get("cpu_threads")
     if threads and not torch.cuda.is_available():
         torch.set_num_threads(int(threads))
 

@@ -12,8 +12,7 @@ embeddings are computed on the gathered no-grad embeddings (the gather's backwar
 worker the gradient of its own rows), then each chunk runs again with a graph and takes its rows'
 gradients: the memory of one chunk for a batch of any size, the same update as the plain step.
 
-train_loop_config keys: stage (SupervisedSettings as a dict), model_path, merge (earlier
-checkpoints), log_path (optional live JSONL on rank 0), strategy (ddp | fsdp), fail_at_step (tests).
+train_loop_config: a `LoopConfig` as a dict (pipelines/train/loop_config.py).
 """
 
 from __future__ import annotations
@@ -31,11 +30,13 @@ from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SupervisedSettings
 from .distributed import all_gather_with_grad, deferred_grad_sync, mean_over_ranks, prepare_for_training
+from .loop_config import LoopConfig
 from .loop_tools import (
     DROPOUT,
     autocast,
     batches,
     clip_and_step,
+    fault_point,
     load_checkpoint,
     make_optimizer,
     merge_earlier_adapters,
@@ -74,20 +75,21 @@ def pairs_loss(keys: torch.Tensor, scale: float):
     return loss
 
 
-def supervised_loop(config: dict) -> None:
-    stage = SupervisedSettings.model_validate(config["stage"])
+def supervised_loop(raw_config: dict) -> None:
+    config = LoopConfig.from_dict(raw_config)
+    stage = SupervisedSettings.model_validate(config.stage)
     rank, world, device, nodes, log = start_worker("supervised", config)
 
     seed_everything(stage.seed)  # same LoRA init on every rank
-    body, tokenizer = load_model(config["model_path"], with_lm_head=False, device=device, dtype=stage.dtype)
-    body = merge_earlier_adapters(body, config.get("merge", []))
+    body, tokenizer = load_model(config.model_path, with_lm_head=False, device=device, dtype=stage.dtype)
+    body = merge_earlier_adapters(body, config.merge)
     enable_bidirectional(body)
     lora_body = apply_lora(body, **stage.lora.model_dump())
     if stage.gradient_checkpointing:
         body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     embedder = PooledEmbedder(lora_body, stage.pooling).train()
     resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
-    embedder = prepare_for_training(embedder, config.get("strategy", "ddp"))
+    embedder = prepare_for_training(embedder, config.strategy)
     trainable, total = count_trainable(body)
     log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters; "
              f"{'cached-gradient chunks of ' + str(stage.chunk_size) if stage.chunk_size else 'whole-batch'} steps")
@@ -98,7 +100,6 @@ def supervised_loop(config: dict) -> None:
     seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)
     shard = ray.train.get_dataset_shard("train")
-    fail_at = config.get("fail_at_step")
 
     def embed(ids, attention, pool):  # (n, s) -> (n, d)
         with autocast(stage, device):
@@ -116,8 +117,7 @@ def supervised_loop(config: dict) -> None:
             loss.backward()
         grad_norm = clip_and_step(lora_body.parameters(), optimizer, scheduler, stage.max_grad_norm)
         state.step += 1
-        if fail_at is not None and state.step == fail_at:
-            raise RuntimeError(f"injected failure at step {state.step} (fail_at_step, for tests)")
+        fault_point(config, "supervised", state.step)  # crash tests only
 
         step_time = time.perf_counter() - step_start
         step_start = time.perf_counter()
@@ -129,4 +129,4 @@ def supervised_loop(config: dict) -> None:
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
-                   {"stage": "supervised", "model_path": config["model_path"]})
+                   {"stage": "supervised", "model_path": config.model_path})
