@@ -313,6 +313,16 @@ def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.
     return out, mask
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """This worker's peak memory so far: CUDA memory allocated by torch on a GPU, else the process's
+    peak resident set (model, activations and everything else: Linux reports KiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def autocast(stage, device: torch.device):
     """The forward pass's precision context: bf16 autocast when the stage asks for it, else a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.autocast_bf16)

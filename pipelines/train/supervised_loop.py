@@ -41,6 +41,7 @@ from .loop_tools import (
     make_optimizer,
     merge_earlier_adapters,
     pad_right,
+    peak_memory_mb,
     report,
     seed_everything,
     start_worker,
@@ -125,7 +126,7 @@ def supervised_loop(raw_config: dict) -> None:
             tokens = mean_over_ranks(float(attention.sum()), device)  # every rank's loss is the global one
             log.step(step=state.step, loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                      step_time_s=round(step_time, 4), tokens_per_s_per_worker=round(tokens / step_time, 1),
-                     epoch=state.epoch)
+                     peak_memory_mb=peak_memory_mb(device), epoch=state.epoch)
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
