@@ -99,3 +99,15 @@ def test_supervised_command_line():
 def test_a_stage_named_twice_is_an_error():
     with pytest.raises(ValueError, match="once"):
         AdaptConfig.model_validate({"profile": "x", "stages": ["mntp", "mntp"]})
+
+
+def test_encoder_records_the_training_instructions_and_the_last_contrastive_pooling():
+    from pipelines.train.chain import encoder_instructions, encoder_pooling
+
+    cfg = AdaptConfig.model_validate({
+        "profile": "x", "stages": ["mntp", "simcse", "supervised"], "simcse": {"instruction": "S:"},
+        "supervised": {"instruction": "Q:", "pooling": "last_token"}})
+    assert encoder_instructions(cfg) == {"sts": "S:", "query": "Q:"}
+    assert encoder_pooling(cfg) == "last_token"
+    only_mntp = cfg.model_copy(update={"stages": ["mntp"]})
+    assert encoder_instructions(only_mntp) == {} and encoder_pooling(only_mntp) == "mean"
