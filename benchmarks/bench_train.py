@@ -2,12 +2,18 @@
 
     python benchmarks/bench_train.py [--base-model PATH] [--num-workers 1] [--steps 6] [--use-gpu]
     python benchmarks/bench_train.py --threads 2 --autocast-bf16 --top-layers 10   # the cpu_quality settings
+    python benchmarks/bench_train.py --stages supervised,supervised_cached --supervised-batch-size 512 \
+        --chunk-size 64 --use-gpu --num-workers 8      # the paper_supervised batch, with and without GradCache
 
 Runs MNTP (packed blocks of --block-size tokens) and SimCSE (sentences up to --max-length tokens,
 two dropout views) for --steps each on the default model, through the same `run_stage` as
 jobs/adapt.py, and reads the step log. Reports the median step time and tokens/s per worker
 (real tokens forwarded and back-propagated, both SimCSE views counted) over the steps after the
 first (which includes data start-up). Corpus: ../shared/data (wikitext2, wiki1m_prefix).
+`supervised` and `supervised_cached` run the supervised stage on ../shared/data/snli_pairs (query
+with its instruction, positive, hard negative where there is one; all their tokens counted) with
+the whole batch at once and with cached gradients in chunks of --chunk-size texts, and add the
+worker's peak memory (CUDA: torch's peak allocation; CPU: the process's peak resident set).
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def parse_args():
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--simcse-batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--supervised-batch-size", type=int, default=32)
+    p.add_argument("--chunk-size", type=int, default=16, help="supervised_cached: texts per GradCache chunk")
+    p.add_argument("--pairs", default=str(SHARED / "snli_pairs" / "snli_pairs.parquet"))
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--autocast-bf16", action="store_true", help="forward passes under bf16 autocast (AMX CPUs, GPUs)")
     p.add_argument("--top-layers", type=int, default=None, help="SimCSE LoRA on the last N layers only")
@@ -63,13 +72,15 @@ def main() -> None:
     import ray
 
     from pipelines.train.chain import model_reference
-    from pipelines.train.config import ClusterSettings, MNTPSettings, SimCSESettings
+    from pipelines.train.config import ClusterSettings, MNTPSettings, SimCSESettings, SupervisedSettings
     from pipelines.train.data import mntp_blocks, simcse_sentences
     from pipelines.train.mntp_loop import mntp_loop
+    from pipelines.train.pairs import supervised_pairs
     from pipelines.train.simcse_loop import simcse_loop
+    from pipelines.train.supervised_loop import supervised_loop
     from pipelines.train.trainer import run_stage
 
-    for needed in (args.corpus, args.sentences):
+    for needed in (args.corpus, args.sentences, args.pairs):
         if not Path(needed).exists():
             raise SystemExit(f"{needed} not found: set L2V_SHARED_DATA or pass --corpus/--sentences")
     if not ray.is_initialized():
@@ -86,6 +97,11 @@ def main() -> None:
                    lambda s: simcse_sentences(args.sentences, model_path=model, max_length=s.max_length, split=False,
                                               min_chars=s.min_chars)),
     }
+    for name, chunk in (("supervised", None), ("supervised_cached", args.chunk_size)):
+        settings = SupervisedSettings(batch_size=args.supervised_batch_size, max_length=args.max_length, warmup_steps=0,
+                                      chunk_size=chunk, lora={"top_layers": args.top_layers}, **common)
+        stages[name] = (supervised_loop, settings,
+                        lambda s: supervised_pairs(args.pairs, model_path=model, stage=s)[0])
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for name in args.stages.split(","):
             loop, stage, dataset = stages[name]
@@ -100,7 +116,9 @@ def main() -> None:
             print(json.dumps({
                 "bench": "train", "stage": name, "model": str(args.base_model), "device": device_name(args.use_gpu),
                 "num_workers": args.num_workers, "batch_size": stage.batch_size, "autocast_bf16": args.autocast_bf16,
-                "top_layers": args.top_layers if name == "simcse" else None, "threads": args.threads,
+                "top_layers": args.top_layers if name != "mntp" else None, "threads": args.threads,
+                "chunk_size": getattr(stage, "chunk_size", None),
+                "peak_memory_mb": max((r.get("peak_memory_mb", 0) for r in records), default=None) or None,
                 "tokens_per_row": args.block_size if name == "mntp" else f"<= {args.max_length}",
                 "steps": len(records), "median_step_s": round(statistics.median(r["step_time_s"] for r in steady), 3),
                 "tokens_per_s_per_worker": round(statistics.median(r["tokens_per_s_per_worker"] for r in steady), 1),

@@ -13,6 +13,7 @@ average over W ranks divides it back, so the update is exactly d L / d theta.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -48,6 +49,40 @@ def simcse_loss(
     return F.cross_entropy(logits, labels)
 
 
+NO_TEXT = 0  # the text key of a missing hard negative
+
+
+def text_key(text: str) -> int:
+    """A stable int64 key of a text (blake2b), never NO_TEXT: texts compared by key across workers
+    (false-negative masking) without shipping strings through the gather."""
+    key = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+    return key if key != NO_TEXT else 1
+
+
+def false_negatives(keys: torch.Tensor, with_negatives: bool = True) -> torch.Tensor:
+    """Which candidates must not count as negatives for each query.
+
+    keys: (B, 3) int64 text keys (`text_key`) of each row's [query, positive, hard negative], the
+    negative NO_TEXT where the row has none. Candidates are the B positives, then (with
+    `with_negatives`) the B hard negatives. Returns (B, B) or (B, 2B) bool, True = excluded:
+    - a candidate whose text equals row i's positive (a duplicate of the answer is no negative);
+    - the positive of another row with the same query text (a second right answer, e.g. two
+      entailed hypotheses of one premise);
+    - a missing hard negative (rows without one use in-batch negatives only).
+    Row i's own positive (its target) is never excluded.
+    """
+    query, positive, negative = keys[:, 0], keys[:, 1], keys[:, 2]
+    candidates = torch.cat([positive, negative]) if with_negatives else positive
+    excluded = candidates.unsqueeze(0) == positive.unsqueeze(1)  # same text as my positive
+    same_query = query.unsqueeze(0) == query.unsqueeze(1)  # (B, B): their positive answers my query too
+    excluded[:, : len(positive)] |= same_query
+    if with_negatives:
+        excluded[:, len(positive):] |= (negative == NO_TEXT).unsqueeze(0)
+    own = torch.arange(len(positive), device=keys.device)
+    excluded[own, own] = False  # the target
+    return excluded
+
+
 def supervised_contrastive_loss(
     queries: torch.Tensor,
     positives: torch.Tensor,
@@ -55,19 +90,32 @@ def supervised_contrastive_loss(
     *,
     scale: float = SUPERVISED_SCALE,
     gather_fn: GatherFn | None = None,
+    keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Query i against every positive and every hard negative of the (global) batch; its own
     positive is the target.
 
-    queries, positives, hard_negatives: (b, d). Returns a scalar.
+    queries, positives, hard_negatives: (b, d). keys: optional (b, 3) int64 text keys of
+    [query, positive, negative] (see `false_negatives`): with them, false negatives are masked
+    out and rows whose negative key is NO_TEXT contribute no hard negative (their
+    `hard_negatives` row is ignored, e.g. zeros). With `gather_fn` the keys are gathered too.
+    Returns a scalar.
     """
     if queries.shape != positives.shape:
         raise ValueError(f"queries {tuple(queries.shape)} and positives {tuple(positives.shape)} must match")
+    if hard_negatives is not None and hard_negatives.shape != queries.shape:
+        raise ValueError(f"hard_negatives {tuple(hard_negatives.shape)} must match queries {tuple(queries.shape)}; "
+                         f"fill rows without a negative with zeros and mark them NO_TEXT in `keys`")
+    if keys is not None and keys.shape != (queries.shape[0], 3):
+        raise ValueError(f"keys must be (b, 3) = [query, positive, negative] text keys, got {tuple(keys.shape)}")
     if gather_fn is not None:
         queries, positives = gather_fn(queries), gather_fn(positives)
         hard_negatives = gather_fn(hard_negatives) if hard_negatives is not None else None
+        keys = gather_fn(keys) if keys is not None else None
     candidates = positives if hard_negatives is None else torch.cat([positives, hard_negatives], dim=0)
     logits = _cosine_logits(queries, candidates, scale)  # (B, B) or (B, 2B)
+    if keys is not None:
+        logits = logits.masked_fill(false_negatives(keys, hard_negatives is not None), torch.finfo(logits.dtype).min)
     labels = torch.arange(queries.shape[0], device=logits.device)
     return F.cross_entropy(logits, labels)
 

@@ -66,3 +66,48 @@ def test_unknown_profile_lists_the_known_ones():
 
     with pytest.raises(UsageError, match="quick"):
         adapt.build_config(adapt.parse_args(["--corpus", "c", "--output", "o", "--profile", "nope"]))
+
+
+def test_supervised_profiles():
+    paper = load_config(next(p for p in CONFIGS if p.stem == "paper_supervised"))
+    s = paper.supervised
+    assert paper.stages == ["mntp", "supervised"]
+    assert (s.batch_size, s.lr, s.warmup_steps, s.steps, s.scale) == (512, 2e-4, 300, 1000, 50.0)
+    assert s.chunk_size and s.dtype == "bfloat16" and s.gradient_checkpointing
+    cpu = load_config(next(p for p in CONFIGS if p.stem == "cpu_supervised"))
+    quality = load_config(next(p for p in CONFIGS if p.stem == "cpu_quality"))
+    assert cpu.stages == ["mntp", "supervised"] and cpu.mntp == quality.mntp  # MNTP as in cpu_quality
+    assert (cpu.supervised.query_column, cpu.supervised.negative_column) == ("query", "negative")
+
+
+def test_supervised_command_line():
+    adapt = _adapt_module()
+    args = adapt.parse_args(["--pairs", "p.parquet", "--output", "o", "--config", "jobs/configs/cpu_supervised.yaml",
+                             "--supervised-steps", "5", "--chunk-size", "0", "--seed", "7"])
+    cfg = adapt.build_config(args)
+    assert cfg.supervised.steps == 5 and cfg.supervised.chunk_size is None
+    assert cfg.mntp.seed == cfg.supervised.seed == 7
+    from pipelines.cli import UsageError
+
+    with pytest.raises(UsageError, match="--corpus"):
+        adapt.check_paths(args, cfg)  # the mntp stage needs a corpus
+    args = adapt.parse_args(["--output", "o", "--config", "jobs/configs/cpu_supervised.yaml", "--corpus", "c"])
+    with pytest.raises(UsageError, match="--pairs"):
+        adapt.check_paths(args, adapt.build_config(args))
+
+
+def test_a_stage_named_twice_is_an_error():
+    with pytest.raises(ValueError, match="once"):
+        AdaptConfig.model_validate({"profile": "x", "stages": ["mntp", "mntp"]})
+
+
+def test_encoder_records_the_training_instructions_and_the_last_contrastive_pooling():
+    from pipelines.train.chain import encoder_instructions, encoder_pooling
+
+    cfg = AdaptConfig.model_validate({
+        "profile": "x", "stages": ["mntp", "simcse", "supervised"], "simcse": {"instruction": "S:"},
+        "supervised": {"instruction": "Q:", "pooling": "last_token"}})
+    assert encoder_instructions(cfg) == {"sts": "S:", "query": "Q:"}
+    assert encoder_pooling(cfg) == "last_token"
+    only_mntp = cfg.model_copy(update={"stages": ["mntp"]})
+    assert encoder_instructions(only_mntp) == {} and encoder_pooling(only_mntp) == "mean"

@@ -63,3 +63,14 @@ def test_storage_must_be_given_or_shared():
     with pytest.raises(ValueError, match="--storage-path"):
         check_storage(None, explicit=False)
     assert check_storage("s3://bucket/runs", explicit=True) == "s3://bucket/runs"
+
+
+def test_loop_config_refuses_unknown_keys_and_a_fault_without_its_folder():
+    from pipelines.train.loop_config import LoopConfig
+
+    config = LoopConfig.from_dict({"stage": {"steps": 1}, "model_path": "m", "merge": ["a"]})
+    assert config.merge == ("a",) and LoopConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"fail_at_step.*known keys"):
+        LoopConfig.from_dict({"stage": {}, "model_path": "m", "fail_at_step": 3})
+    with pytest.raises(ValueError, match="fault_dir"):
+        LoopConfig(stage={}, model_path="m", fault="mntp_step_3")

@@ -129,8 +129,8 @@ def test_simcse_gather_two_workers_equal_one_worker_with_the_combined_batch(ray_
     if strategy == "ddp":
         fit()
     else:
-        with pytest.raises(Exception, match="injected failure"):
-            fit(fail_at_step=3)
+        with pytest.raises(Exception, match="fault injected"):
+            fit(fault="simcse_step_3", fault_dir=str(root / f"faults-{strategy}"))
         assert fit().metrics["start_step"] == 2
     two_workers = [r["loss"] for r in _records(log)]
     assert two_workers == pytest.approx(one_process, abs=1e-4)
@@ -147,8 +147,8 @@ def test_rerun_with_the_same_name_resumes_from_the_checkpoint(ray_session, tiny)
         return run_stage(mntp_loop, {"stage": stage, "model_path": model, **extra}, cluster, name="resume",
                          storage_path=storage, datasets={"train": dataset})
 
-    with pytest.raises(Exception, match="injected failure"):
-        run(fail_at_step=3)  # crashes after the step-2 checkpoint
+    with pytest.raises(Exception, match="fault injected"):
+        run(fault="mntp_step_3", fault_dir=str(root / "faults-resume"))  # crashes after the step-2 checkpoint
     result = run()
     assert result.metrics["start_step"] == 2 and result.metrics["step"] == 4
     with result.checkpoint.as_directory() as folder:

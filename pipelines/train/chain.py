@@ -1,4 +1,7 @@
-"""The adaptation chain: bidirectional -> MNTP -> SimCSE -> export (what jobs/adapt.py runs).
+"""The adaptation chain: bidirectional -> MNTP -> SimCSE and/or supervised -> export (what jobs/adapt.py runs).
+
+Each stage is a row of STAGES: its loop, how its training set is built and what the stage
+history records about it.
 
 Output layout:
     OUTPUT/encoder/            the final encoder folder (Encoder.from_pretrained loads it)
@@ -13,7 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import ray.data
 
 from l2v_core.default_model import is_default_model
 from l2v_core.loading import resolve_model_path
@@ -21,12 +28,90 @@ from l2v_core.loading import resolve_model_path
 from .config import AdaptConfig
 from .data import mntp_blocks, simcse_sentences
 from .export import adapter_base, export_encoder, keep_adapter_and_log, write_adapters_readme
+from .loop_config import LoopConfig
 from .mntp_loop import mntp_loop
+from .pairs import supervised_pairs
 from .plot import plot_losses
 from .simcse_loop import simcse_loop
+from .supervised_loop import supervised_loop
 from .trainer import check_storage, run_stage
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The data files of a run: MNTP's corpus, SimCSE's sentences (default: split from the corpus),
+    the supervised stage's pairs."""
+
+    corpus: str | None
+    simcse_corpus: str | None = None
+    pairs: str | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How the chain runs one stage: its loop, its training set, what its history records."""
+
+    loop: Callable[[dict], None]
+    dataset: Callable[[AdaptConfig, Inputs, str], tuple[ray.data.Dataset, dict]]  # (cfg, inputs, model) -> ds, notes
+    details: Callable[[object], dict]  # the stage's own settings worth recording
+
+
+def _mntp_data(cfg: AdaptConfig, inputs: Inputs, model_ref: str):
+    if not inputs.corpus:
+        raise ValueError("the mntp stage needs a corpus (--corpus)")
+    stage = cfg.mntp
+    ds = mntp_blocks(inputs.corpus, model_path=model_ref, block_size=stage.block_size, text_column=cfg.text_column)
+    return ds, {"corpus": inputs.corpus}
+
+
+def _simcse_data(cfg: AdaptConfig, inputs: Inputs, model_ref: str):
+    stage, source = cfg.simcse, inputs.simcse_corpus or inputs.corpus
+    if not source:
+        raise ValueError("the simcse stage needs sentences (--simcse-corpus) or a corpus to split (--corpus)")
+    ds = simcse_sentences(source, model_path=model_ref, max_length=stage.max_length,
+                          split=stage.split_sentences or inputs.simcse_corpus is None, min_chars=stage.min_chars,
+                          text_column=cfg.text_column, instruction=stage.instruction)
+    return ds, {"corpus": source}
+
+
+def _supervised_data(cfg: AdaptConfig, inputs: Inputs, model_ref: str):
+    if not inputs.pairs:
+        raise ValueError("the supervised stage needs a pairs file (--pairs: parquet or JSONL with query, positive "
+                         "and optionally negative columns)")
+    ds, counts = supervised_pairs(inputs.pairs, model_path=model_ref, stage=cfg.supervised)
+    return ds, {"corpus": inputs.pairs, "pairs_rows": counts.rows, "pairs_kept": counts.kept,
+                "pairs_skipped": counts.skipped, "pairs_with_negative": counts.with_negative}
+
+
+STAGES: dict[str, StageSpec] = {
+    "mntp": StageSpec(mntp_loop, _mntp_data,
+                      lambda s: {"block_size": s.block_size, "mask_probability": s.mask_probability}),
+    "simcse": StageSpec(simcse_loop, _simcse_data,
+                        lambda s: {"max_length": s.max_length, "scale": s.scale,
+                                   "attention_dropout": s.attention_dropout, "instruction": s.instruction}),
+    "supervised": StageSpec(supervised_loop, _supervised_data,
+                            lambda s: {"max_length": s.max_length, "scale": s.scale, "instruction": s.instruction,
+                                       "chunk_size": s.chunk_size, "warmup_steps": s.warmup_steps}),
+}
+
+
+def encoder_instructions(cfg: AdaptConfig) -> dict[str, str]:
+    """The instructions the training used, recorded in the encoder: SimCSE's for symmetric
+    similarity ('sts'), the supervised stage's for queries ('query')."""
+    found = {}
+    if "simcse" in cfg.stages and cfg.simcse.instruction:
+        found["sts"] = cfg.simcse.instruction
+    if "supervised" in cfg.stages and cfg.supervised.instruction:
+        found["query"] = cfg.supervised.instruction
+    return found
+
+
+def encoder_pooling(cfg: AdaptConfig) -> str:
+    """The pooling of the last contrastive stage (the one the embeddings were trained with)."""
+    contrastive = [name for name in cfg.stages if name in ("simcse", "supervised")]
+    return getattr(cfg, contrastive[-1]).pooling if contrastive else cfg.simcse.pooling
 
 
 def model_reference(base_model: str | None) -> str:
@@ -34,36 +119,30 @@ def model_reference(base_model: str | None) -> str:
     return "default" if is_default_model(base_model) else resolve_model_path(base_model)
 
 
-def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpus: str | None = None) -> dict:
+def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcse_corpus: str | None = None,
+              pairs: str | None = None) -> dict:
     """Run the configured stages in order and export. Returns the summary (also written as JSON)."""
     output = Path(output).resolve()
+    inputs = Inputs(corpus, simcse_corpus, pairs)
     explicit_storage = cfg.cluster.storage_path is not None
     storage = check_storage(cfg.cluster.storage_path or str(output / "ray_results"), explicit=explicit_storage)
     run_name = cfg.cluster.name or output.name
     model_ref = model_reference(cfg.base_model)
-    # SimCSE trained with an instruction: the encoder uses it for symmetric similarity.
-    instructions = {"sts": cfg.simcse.instruction} if cfg.simcse.instruction and "simcse" in cfg.stages else {}
+    instructions, pooling = encoder_instructions(cfg), encoder_pooling(cfg)
     history: list[dict] = [{"name": "bidirectional", "note": "attention switched to bidirectional, no training"}]
     checkpoints, logs, adapter_bases = [], {}, []
 
     for index, stage_name in enumerate(cfg.stages):
-        stage = getattr(cfg, stage_name)
-        if stage_name == "mntp":
-            loop = mntp_loop
-            dataset = mntp_blocks(
-                corpus, model_path=model_ref, block_size=stage.block_size, text_column=cfg.text_column
-            )
-        else:
-            loop = simcse_loop
-            split = stage.split_sentences or simcse_corpus is None
-            dataset = simcse_sentences(simcse_corpus or corpus, model_path=model_ref, max_length=stage.max_length,
-                                       split=split, min_chars=stage.min_chars, text_column=cfg.text_column,
-                                       instruction=stage.instruction)
-        loop_config = {"stage": stage.model_dump(), "model_path": model_ref, "merge": list(checkpoints),
-                       "log_path": str(output / "logs" / f"{stage_name}.live.jsonl"), "strategy": cfg.cluster.strategy,
-                       "cpu_threads": cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker))}
+        stage, spec = getattr(cfg, stage_name), STAGES[stage_name]
+        dataset, data_notes = spec.dataset(cfg, inputs, model_ref)
+        loop_config = LoopConfig(
+            stage=stage.model_dump(), model_path=model_ref, merge=tuple(checkpoints),
+            log_path=str(output / "logs" / f"{stage_name}.live.jsonl"), strategy=cfg.cluster.strategy,
+            cpu_threads=cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker)),
+            tracker_dir=str(output / "tensorboard" / stage_name) if cfg.tracker != "none" else None,
+        ).to_dict()
         start = time.perf_counter()
-        result = run_stage(loop, loop_config, cfg.cluster, name=f"{run_name}-{stage_name}", storage_path=storage,
+        result = run_stage(spec.loop, loop_config, cfg.cluster, name=f"{run_name}-{stage_name}", storage_path=storage,
                            datasets={"train": dataset})
         wall = time.perf_counter() - start
         checkpoints.append(result.checkpoint)
@@ -75,27 +154,24 @@ def run_chain(cfg: AdaptConfig, *, corpus: str, output: str | Path, simcse_corpu
         history.append({
             "name": stage_name, "steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
             "num_workers": cfg.cluster.num_workers, "wall_time_s": round(wall, 1),
-            "final_loss": result.metrics.get("loss"),
-            "corpus": simcse_corpus if stage_name == "simcse" and simcse_corpus else corpus,
-            "lora": stage.lora.model_dump(), "adapter_base": base,
-            **({"block_size": stage.block_size, "mask_probability": stage.mask_probability} if stage_name == "mntp"
-               else {"max_length": stage.max_length, "scale": stage.scale,
-                     "attention_dropout": stage.attention_dropout}),
+            "final_loss": result.metrics.get("loss"), **data_notes,
+            "lora": stage.lora.model_dump(), "adapter_base": base, "seed": stage.seed, **spec.details(stage),
         })
         logger.info("stage %s done in %.1f s (loss %s)", stage_name, wall, result.metrics.get("loss"))
         if index < len(cfg.stages) - 1:
-            export_encoder(model_ref, checkpoints, output / "stages" / stage_name / "encoder",
-                           pooling=cfg.simcse.pooling, max_length=512, stages=list(history), instructions=instructions)
+            export_encoder(model_ref, checkpoints, output / "stages" / stage_name / "encoder", pooling=pooling,
+                           max_length=cfg.export_max_length, stages=list(history), instructions=instructions)
 
     start = time.perf_counter()
-    encoder_dir = export_encoder(model_ref, checkpoints, output / "encoder", pooling=cfg.simcse.pooling,
-                                 max_length=512, stages=history, instructions=instructions)
+    encoder_dir = export_encoder(model_ref, checkpoints, output / "encoder", pooling=pooling,
+                                 max_length=cfg.export_max_length, stages=history, instructions=instructions)
     write_adapters_readme(output / "adapters", adapter_bases)
     png = plot_losses(logs, output / "loss_curves.png") if logs else None
     summary = {
         "encoder": str(encoder_dir), "adapters": str(output / "adapters"), "loss_curves": str(png) if png else None,
         "storage_path": storage, "run_name": run_name, "stages": history,
         "export_wall_time_s": round(time.perf_counter() - start, 1),
+        **({"tensorboard": str(output / "tensorboard")} if cfg.tracker == "tensorboard" else {}),
     }
     (output / "adapt_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

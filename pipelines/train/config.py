@@ -83,6 +83,36 @@ class SimCSESettings(StageSettings):
     )
 
 
+class SupervisedSettings(StageSettings):
+    """Supervised contrastive on (query, positive, optional hard negative) pairs (LLM2Vec's fourth stage)."""
+
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW); the paper's 2e-4.")
+    warmup_steps: int = Field(300, ge=0, description="Linear warmup steps (the paper's 300); then linear decay to 0.")
+    batch_size: int = Field(512, gt=1, description="Global batch of pairs; negatives span it (the paper's 512).")
+    max_length: int = Field(512, gt=1, description="Tokens per text (a query's include its instruction).")
+    scale: float = Field(50.0, gt=0, description="Cosine similarity scale (1 / temperature; the paper's 50).")
+    pooling: PoolingMode = Field("mean", description="Pooling in training and in the exported encoder.")
+    instruction: str | None = Field(
+        "Given a premise, retrieve a hypothesis that is entailed by the premise",
+        description="Put before every query (attended to, never pooled); positives and negatives get none. The "
+        "exported encoder records it as its 'query' instruction. null = plain queries.",
+    )
+    chunk_size: int | None = Field(
+        None, ge=1, description="Cached-gradient training (GradCache): embed the batch this many texts at a time, "
+        "first without a graph, then again with one (one extra forward pass; memory of one chunk instead of the "
+        "whole batch). null = the whole batch at once.",
+    )
+    query_column: str = Field("query", description="Pairs file column with the queries.")
+    positive_column: str = Field("positive", description="Pairs file column with each query's positive.")
+    negative_column: str | None = Field(
+        "negative", description="Column with a hard negative (null where a row has none: in-batch negatives only). "
+        "null = no hard negatives; a default name missing from the file also means none.",
+    )
+    instruction_column: str | None = Field(
+        None, description="Column with a per-row query instruction (empty or null: `instruction`). null = none."
+    )
+
+
 class ClusterSettings(_Strict):
     num_workers: int = Field(2, ge=0, description="Ray Train workers (0 = in the driver process, for tests).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
@@ -111,11 +141,25 @@ class ClusterSettings(_Strict):
 class AdaptConfig(_Strict):
     profile: str = Field(..., description="Name of this settings set (quick, paper, ...).")
     base_model: str | None = Field(None, description="Model name or folder; null = the default SmolLM2-135M-Instruct.")
-    stages: list[Literal["mntp", "simcse"]] = Field(["mntp", "simcse"], description="Stages to run, in order.")
+    stages: list[Literal["mntp", "simcse", "supervised"]] = Field(
+        ["mntp", "simcse"], description="Stages to run, in order (supervised needs a pairs file)."
+    )
     text_column: str = Field("text", description="Text column of a parquet corpus.")
     mntp: MNTPSettings = Field(default_factory=MNTPSettings)
     simcse: SimCSESettings = Field(default_factory=SimCSESettings)
+    supervised: SupervisedSettings = Field(default_factory=SupervisedSettings)
+    export_max_length: int = Field(512, gt=1, description="Max tokens per text of the exported encoder.")
+    tracker: Literal["none", "tensorboard"] = Field(
+        "none", description="tensorboard: rank 0 writes loss, lr, grad norm, tokens/s of every logged step to "
+        "OUTPUT/tensorboard/<stage> (`tensorboard --logdir OUTPUT/tensorboard`)."
+    )
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+
+    @model_validator(mode="after")
+    def _stages_once(self):
+        if len(set(self.stages)) != len(self.stages) or not self.stages:
+            raise ValueError(f"stages {self.stages}: name each stage once, e.g. [mntp, simcse] or [mntp, supervised]")
+        return self
 
     @model_validator(mode="after")
     def _batches_split_evenly(self):

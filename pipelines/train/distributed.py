@@ -7,6 +7,8 @@ ours all-reduces the (small) gradient of the gathered embeddings instead, which 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -79,3 +81,21 @@ def _no_split_modules(module: nn.Module) -> set[str]:
     for m in module.modules():
         names.update(getattr(m, "_no_split_modules", None) or [])
     return names
+
+
+def deferred_grad_sync(module: nn.Module):
+    """A context factory under which backward passes accumulate gradients without reducing them
+    over the workers (DDP's `no_sync`, FSDP2's `set_requires_gradient_sync(False)`), for every
+    micro-step but the last of a cached-gradient step; None for a plain module (one worker)."""
+    if hasattr(module, "no_sync"):
+        return module.no_sync
+    if hasattr(module, "set_requires_gradient_sync"):
+        @contextlib.contextmanager
+        def no_sync():
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        return no_sync
+    return None

@@ -26,6 +26,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from l2v_core.lora import load_adapter, load_lora_state_dict, merge_lora, save_adapter
 
+from .loop_config import LoopConfig
+
 # Full (unsharded) tensors on the CPU, trainable ones only: the same checkpoint for DDP, FSDP and
 # one worker, and a few MB for a LoRA whatever the size of the frozen base.
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
@@ -43,13 +45,24 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this worker's shard consumed in `epoch`
 
 
-def start_worker(stage: str, config: dict) -> tuple[int, int, torch.device, int, StepLog]:
+def start_worker(stage: str, config: LoopConfig) -> tuple[int, int, torch.device, int, StepLog]:
     """What every stage's loop starts with: (rank, world size, device, nodes spanned, step log),
     with this worker's CPU threads set."""
     rank, world = rank_and_world()
-    set_cpu_threads(config)
+    set_cpu_threads(config.cpu_threads)
     device = ray.train.torch.get_device()
-    return rank, world, device, count_nodes(), StepLog(stage, rank, config.get("log_path"))
+    log = StepLog(stage, rank, config.log_path, total=config.stage.get("steps"), tracker_dir=config.tracker_dir)
+    return rank, world, device, count_nodes(), log
+
+
+def fault_point(config: LoopConfig, stage: str, step: int) -> None:
+    """Crash tests: fire `config.fault` when it names this stage and step ("mntp_step_3", or
+    "mntp_step_3:kill" for SIGKILL), once per run (a restarted worker group carries on). The
+    same mechanism and syntax as the embed pipeline's L2V_FAULT (pipelines/embed/faults.py)."""
+    if config.fault:
+        from ..embed import faults
+
+        faults.once(config.fault, f"{stage}_step_{step}", config.fault_dir)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -69,10 +82,9 @@ def count_nodes() -> int:
     return len(set(nodes))
 
 
-def set_cpu_threads(config: dict) -> None:
+def set_cpu_threads(threads: int | None) -> None:
     """One intra-op thread pool per worker sized to its CPU share: two workers that each spawn a
     thread per core on the same machine slow each other down."""
-    threads = config.get("cpu_threads")
     if threads and not torch.cuda.is_available():
         torch.set_num_threads(int(threads))
 
@@ -199,18 +211,22 @@ def report(state: TrainState, metrics: dict, peft_model, optimizer, scheduler, l
 
 
 class StepLog:
-    """Rank 0's step log: one console line and one JSONL record per logged step.
+    """Rank 0's step log: one console line (step/total, ETA) and one JSONL record per logged step.
 
     Records are kept in memory and copied into every checkpoint, so the log of a resumed run
     continues the checkpointed one (steps after the last checkpoint of a failed attempt are dropped).
-    `path` (optional) gets a live copy on rank 0's machine.
+    `path` (optional) gets a live copy on rank 0's machine; `tracker_dir` (optional) a TensorBoard
+    event file of the numeric fields (`tensorboard --logdir` reads it).
     """
 
-    def __init__(self, stage: str, rank: int, path: str | None = None):
-        self.stage, self.rank = stage, rank
+    def __init__(self, stage: str, rank: int, path: str | None = None, *, total: int | None = None,
+                 tracker_dir: str | None = None):
+        self.stage, self.rank, self.total = stage, rank, total
         self.records: list[dict] = []
         self.path = Path(path) if path and rank == 0 else None
         self._t0 = time.perf_counter()
+        self._first: tuple[int, float] | None = None  # (step, time) of this process's first logged step
+        self._writer = tensorboard_writer(tracker_dir) if tracker_dir and rank == 0 else None
 
     def info(self, message: str) -> None:
         if self.rank == 0:
@@ -219,14 +235,38 @@ class StepLog:
     def step(self, **record) -> None:
         if self.rank != 0:
             return
-        record = {"stage": self.stage, "elapsed_s": round(time.perf_counter() - self._t0, 3), **record}
+        now = time.perf_counter()
+        record = {"stage": self.stage, "elapsed_s": round(now - self._t0, 3), **record}
         self.records.append(record)
-        shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "stage")
-        print(f"[{self.stage}] {shown}", flush=True)
+        step = record.get("step", 0)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k not in ("stage", "step"))
+        print(f"[{self.stage}] step {step}/{self.total or '?'} {shown}{self._eta(step, now, record)}", flush=True)
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch", "elapsed_s"):
+                    self._writer.add_scalar(f"{self.stage}/{key}", value, step)
+            self._writer.flush()
+
+    def _eta(self, step: int, now: float, record: dict) -> str:
+        """' eta 12m05s' from this process's pace (the first line: its step time), '' when unknown."""
+        if not self.total:
+            return ""
+        if self._first is None:
+            self._first = (step, now)
+            per_step = record.get("step_time_s")
+        else:
+            done = step - self._first[0]
+            per_step = (now - self._first[1]) / done if done > 0 else None
+        if per_step is None:
+            return ""
+        left = int(per_step * max(self.total - step, 0))
+        if left >= 3600:
+            return f" eta {left // 3600}h{left % 3600 // 60:02d}m"
+        return f" eta {left // 60}m{left % 60:02d}s"
 
     def restore(self, file: Path) -> None:
         if file.is_file():
@@ -237,6 +277,16 @@ class StepLog:
 
     def copy_to(self, file: Path) -> None:
         file.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+
+def tensorboard_writer(folder: str):
+    """A TensorBoard SummaryWriter into `folder` (rank 0); a clear error when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise RuntimeError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]' "
+                           "(or pip install tensorboard)") from err
+    return SummaryWriter(log_dir=folder)
 
 
 def _fmt(value) -> str:
@@ -250,6 +300,27 @@ def clip_and_step(params, optimizer, scheduler, max_grad_norm: float | None) -> 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
+
+
+def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows -> (padded (b, s), attention_mask (b, s)), padding on the right."""
+    longest = max(len(r) for r in rows)
+    out = torch.full((len(rows), longest), pad_id, dtype=dtype)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(np.asarray(r), dtype=dtype)  # copies: Ray hands read-only arrays
+        mask[i, : len(r)] = 1
+    return out, mask
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This worker's peak memory so far: CUDA memory allocated by torch on a GPU, else the process's
+    peak resident set (model, activations and everything else: Linux reports KiB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def autocast(stage, device: torch.device):

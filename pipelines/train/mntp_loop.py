@@ -4,8 +4,7 @@ Read it top to bottom: load the model with its LM head, merge earlier adapters, 
 bidirectional attention, add a fresh LoRA to the body, then for each batch of packed blocks:
 mask (80/10/10), predict each masked token from the hidden state just before it, step.
 
-train_loop_config keys: stage (MNTPSettings as a dict), model_path, merge (earlier checkpoints),
-log_path (optional live JSONL on rank 0), strategy (ddp | fsdp), fail_at_step (tests: crash once there).
+train_loop_config: a `LoopConfig` as a dict (pipelines/train/loop_config.py).
 """
 
 from __future__ import annotations
@@ -21,12 +20,14 @@ from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
 from .config import MNTPSettings
 from .distributed import mean_over_ranks, prepare_for_training
+from .loop_config import LoopConfig
 from .loop_tools import (
     DROPOUT,
     MASKS,
     autocast,
     batches,
     clip_and_step,
+    fault_point,
     load_checkpoint,
     make_optimizer,
     merge_earlier_adapters,
@@ -37,21 +38,22 @@ from .loop_tools import (
 )
 
 
-def mntp_loop(config: dict) -> None:
-    stage = MNTPSettings.model_validate(config["stage"])
+def mntp_loop(raw_config: dict) -> None:
+    config = LoopConfig.from_dict(raw_config)
+    stage = MNTPSettings.model_validate(config.stage)
     rank, world, device, nodes, log = start_worker("mntp", config)
 
     # Same seed on every rank for the LoRA init (DDP also broadcasts rank 0's weights).
     seed_everything(stage.seed)
-    model, tokenizer = load_model(config["model_path"], with_lm_head=True, device=device, dtype=stage.dtype)
-    merge_earlier_adapters(model.base_model, config.get("merge", []))
+    model, tokenizer = load_model(config.model_path, with_lm_head=True, device=device, dtype=stage.dtype)
+    merge_earlier_adapters(model.base_model, config.merge)
     enable_bidirectional(model)
     lora_body = apply_lora(model.base_model, **stage.lora.model_dump())  # in place: `model` sees the LoRA
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
-    objective = prepare_for_training(MNTPObjective(model), config.get("strategy", "ddp"))
+    objective = prepare_for_training(MNTPObjective(model), config.strategy)
     trainable, total = count_trainable(model)
     log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
 
@@ -67,7 +69,6 @@ def mntp_loop(config: dict) -> None:
     generator = torch.Generator().manual_seed(stream_seed(stage.seed, rank, state.step, MASKS))
     per_worker = stage.batch_size // max(world, 1)
     shard = ray.train.get_dataset_shard("train")
-    fail_at = config.get("fail_at_step")
 
     step_start = time.perf_counter()
     for batch in batches(shard, per_worker, state, stage.steps, seed=stage.seed, shuffle_rows=8 * per_worker):
@@ -82,8 +83,7 @@ def mntp_loop(config: dict) -> None:
         loss.backward()
         grad_norm = clip_and_step(lora_body.parameters(), optimizer, scheduler, stage.max_grad_norm)
         state.step += 1
-        if fail_at is not None and state.step == fail_at:
-            raise RuntimeError(f"injected failure at step {state.step} (fail_at_step, for tests)")
+        fault_point(config, "mntp", state.step)  # crash tests only
 
         mean_loss = mean_over_ranks(loss.item(), device)
         step_time = time.perf_counter() - step_start
@@ -95,4 +95,4 @@ def mntp_loop(config: dict) -> None:
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": mean_loss, "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
-                   {"stage": "mntp", "model_path": config["model_path"]})
+                   {"stage": "mntp", "model_path": config.model_path})

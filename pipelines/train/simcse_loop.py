@@ -6,17 +6,14 @@ for each batch of sentences: embed the batch twice in one forward pass (two drop
 gather both views from every worker with gradient, and take the contrastive loss over the
 global batch.
 
-train_loop_config keys: stage (SimCSESettings as a dict), model_path, merge (earlier
-checkpoints), log_path (optional live JSONL on rank 0), strategy (ddp | fsdp), fail_at_step (tests).
+train_loop_config: a `LoopConfig` as a dict (pipelines/train/loop_config.py).
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
 import ray.train
-import torch
 
 from l2v_core import enable_bidirectional, load_model
 from l2v_core.contrastive import PooledEmbedder, set_attention_dropout, simcse_loss
@@ -24,14 +21,17 @@ from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
 from .distributed import all_gather_with_grad, prepare_for_training
+from .loop_config import LoopConfig
 from .loop_tools import (
     DROPOUT,
     autocast,
     batches,
     clip_and_step,
+    fault_point,
     load_checkpoint,
     make_optimizer,
     merge_earlier_adapters,
+    pad_right,
     report,
     seed_everything,
     start_worker,
@@ -39,24 +39,14 @@ from .loop_tools import (
 )
 
 
-def pad_right(rows, pad_id: int, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged rows -> (padded (b, s), attention_mask (b, s)), padding on the right."""
-    longest = max(len(r) for r in rows)
-    out = torch.full((len(rows), longest), pad_id, dtype=dtype)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(np.asarray(r), dtype=dtype)  # copies: Ray hands read-only arrays
-        mask[i, : len(r)] = 1
-    return out, mask
-
-
-def simcse_loop(config: dict) -> None:
-    stage = SimCSESettings.model_validate(config["stage"])
+def simcse_loop(raw_config: dict) -> None:
+    config = LoopConfig.from_dict(raw_config)
+    stage = SimCSESettings.model_validate(config.stage)
     rank, world, device, nodes, log = start_worker("simcse", config)
 
     seed_everything(stage.seed)  # same LoRA init on every rank
-    body, tokenizer = load_model(config["model_path"], with_lm_head=False, device=device, dtype=stage.dtype)
-    body = merge_earlier_adapters(body, config.get("merge", []))
+    body, tokenizer = load_model(config.model_path, with_lm_head=False, device=device, dtype=stage.dtype)
+    body = merge_earlier_adapters(body, config.merge)
     enable_bidirectional(body)
     lora_body = apply_lora(body, **stage.lora.model_dump())
     set_attention_dropout(body, stage.attention_dropout)
@@ -64,7 +54,7 @@ def simcse_loop(config: dict) -> None:
         body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     embedder = PooledEmbedder(lora_body, stage.pooling).train()
     resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
-    embedder = prepare_for_training(embedder, config.get("strategy", "ddp"))
+    embedder = prepare_for_training(embedder, config.strategy)
     trainable, total = count_trainable(body)
     log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
 
@@ -74,7 +64,6 @@ def simcse_loop(config: dict) -> None:
     seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)
     shard = ray.train.get_dataset_shard("train")
-    fail_at = config.get("fail_at_step")
 
     step_start = time.perf_counter()
     for batch in batches(shard, per_worker, state, stage.steps, seed=stage.seed, shuffle_rows=8 * per_worker):
@@ -89,8 +78,7 @@ def simcse_loop(config: dict) -> None:
         loss.backward()
         grad_norm = clip_and_step(lora_body.parameters(), optimizer, scheduler, stage.max_grad_norm)
         state.step += 1
-        if fail_at is not None and state.step == fail_at:
-            raise RuntimeError(f"injected failure at step {state.step} (fail_at_step, for tests)")
+        fault_point(config, "simcse", state.step)  # crash tests only
 
         step_time = time.perf_counter() - step_start
         step_start = time.perf_counter()
@@ -101,4 +89,4 @@ def simcse_loop(config: dict) -> None:
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
-                   {"stage": "simcse", "model_path": config["model_path"]})
+                   {"stage": "simcse", "model_path": config.model_path})
