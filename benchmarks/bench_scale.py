@@ -87,10 +87,10 @@ def write_corpus(folder: Path, rows: int, files: int, changed: bool) -> None:
 def publish_from_plan(output: Path, plan_dir: Path) -> None:
     """A published version whose vectors are the plan's rows to embed, written through the modules
     that own each format. No model: 4-d zero vectors (the diff reads only id and content_hash)."""
+    from pipelines.embed.batch_udfs import vectors_schema
     from pipelines.embed.layout import OutputLayout
     from pipelines.embed.manifest import vector_identity
     from pipelines.embed.plan_tasks import EMBED
-    from pipelines.embed.stages import vectors_schema
 
     layout = OutputLayout(output)
     name, version_dir = layout.new_version()

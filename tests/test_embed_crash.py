@@ -19,11 +19,11 @@ import pytest
 from embed_helpers import clean_texts, small_config, write_corpus
 
 from pipelines.embed import OutputLayout, run_embed
+from pipelines.embed.batch_udfs import vectors_schema
 from pipelines.embed.incremental import copy_reused, reuse_sources, write_run_record
 from pipelines.embed.plan import finish_plan, start_scan
 from pipelines.embed.plan_tasks import planned_rows_of_file
 from pipelines.embed.scan import Columns, content_hash
-from pipelines.embed.stages import vectors_schema
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 4

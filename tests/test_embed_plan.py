@@ -15,11 +15,11 @@ from embed_helpers import clean_texts, small_config
 
 from jobs import embed_corpus
 from pipelines.embed import OutputLayout, run_embed
+from pipelines.embed.batch_udfs import vectors_schema
 from pipelines.embed.incremental import ReuseSources
 from pipelines.embed.plan import PlanSummary, finish_plan, start_scan
 from pipelines.embed.plan_tasks import QUARANTINE, planned_rows_of_file
 from pipelines.embed.scan import Columns
-from pipelines.embed.stages import vectors_schema
 
 
 def _write(path: Path, ids, texts):

@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.embed.batch_udfs import EmbedActor, read_planned_rows, tokenize_rows
 from pipelines.embed.config import EmbedConfig, parse_size
 from pipelines.embed.plan_tasks import EMBED, INPUT_SCHEMA, keep_first_copies
 from pipelines.embed.scan import Columns, compose_text, content_hash, scan_file
-from pipelines.embed.stages import EmbedActor, read_planned_rows, tokenize_rows
 from pipelines.sources import list_parquet_files
 
 COLS = Columns("id", "text")

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .layout import vector_files_in
+
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
@@ -114,7 +116,7 @@ def _gib(n: int) -> str:
 
 # ------------------------------------------------------------------ streaming the vectors
 def vector_files(vectors_dir: Path) -> list[Path]:
-    return sorted(Path(vectors_dir).glob("*.parquet"))
+    return vector_files_in(vectors_dir)  # layout.py owns the vectors/ folder
 
 
 def count_vectors(files: list[Path]) -> int:

@@ -64,7 +64,12 @@ REPAIR = ("a full run (jobs/embed_corpus.py or l2v-embed, without --incremental)
 
 def vector_files_of(version_dir: Path) -> list[Path]:
     """A version's vectors parquet files, sorted by name."""
-    folder = Path(version_dir) / VECTORS
+    return vector_files_in(Path(version_dir) / VECTORS)
+
+
+def vector_files_in(folder: Path) -> list[Path]:
+    """The vectors parquet files of a vectors folder, sorted by name: the order faiss ids follow."""
+    folder = Path(folder)
     return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
 

@@ -36,7 +36,7 @@ def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None,
 
 def build_manifest(*, version: str, previous: str | None, cfg, encoder, instruction: str | None,
                    plan, counts: dict, index_info: dict, throughput: dict, timings: dict) -> dict:
-    """encoder: ray_steps.EncoderInfo; plan: plan.PlanSummary."""
+    """encoder: dataflow.EncoderInfo; plan: plan.PlanSummary."""
     return {
         "format": FORMAT,
         "version": version,

@@ -23,16 +23,9 @@ import ray
 
 from ..sources import list_parquet_files
 from . import faults
+from .batch_udfs import INPUT_CHANGED, read_actor_stats, vectors_schema
 from .config import EmbedConfig
-from .incremental import ReuseSources, copy_reused, published_identity, reuse_sources, write_run_record
-from .index_shards import build_index_on_workers, update_index_on_worker
-from .index_update import plan_index_update
-from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree, vector_files_of
-from .manifest import build_manifest, vector_identity
-from .plan import PlanSummary, choose_partitions, finish_plan, has_changes, published_quarantine, start_scan
-from .plan_tasks import QUARANTINE, SHUFFLE, merge_quarantine, reused_ids
-from .preflight import check_room_for_text
-from .ray_steps import (
+from .dataflow import (
     EncoderInfo,
     Placement,
     describe_encoder,
@@ -41,8 +34,15 @@ from .ray_steps import (
     ensure_ray,
     placement,
 )
+from .incremental import ReuseSources, copy_reused, published_identity, reuse_sources, write_run_record
+from .index_shards import build_index_on_workers, update_index_on_worker
+from .index_update import plan_index_update
+from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree, vector_files_of
+from .manifest import build_manifest, vector_identity
+from .plan import PlanSummary, choose_partitions, finish_plan, has_changes, published_quarantine, start_scan
+from .plan_tasks import QUARANTINE, SHUFFLE, merge_quarantine, reused_ids
+from .preflight import check_room_for_text
 from .scan import Columns, check_columns, open_parquet
-from .stages import INPUT_CHANGED, read_actor_stats, vectors_schema
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The Ray wiring of a run besides the plan (`plan.py`): where the embed actors go, the encoder's
 description, and the embed Dataset (read planned rows -> tokenize -> embed -> write). The
-per-batch functions it wires live in `stages.py`."""
+per-batch functions it wires live in `batch_udfs.py`."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import ray
 
 from . import faults
+from .batch_udfs import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
 from .config import EmbedConfig
 from .plan import PlanSummary
 from .scan import Columns
-from .stages import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 embed (actors).
 
 Each stage is a plain function or class over a pyarrow batch, so tests can call it on a table
-without a cluster. `ray_steps.py` wires them into a Dataset.
+without a cluster. `dataflow.py` wires them into a Dataset.
 """
 
 from __future__ import annotations
