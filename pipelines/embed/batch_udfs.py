@@ -155,6 +155,7 @@ class EmbedActor:
         self.batches += 1
         if self.batches == faults.ACTOR_FAULT_BATCH:
             faults.once(self.fault, faults.EMBED_ACTOR, self.stats_dir)
+        faults.delay(self.fault, faults.EMBED_ACTOR)
         start = time.perf_counter()
         n_tokens = batch.column("n_tokens").to_pylist()
         input_ids = batch.column("input_ids").to_pylist()
