@@ -126,20 +126,33 @@ def split_into_passages(batch: pa.Table, *, model_path: str, instruction: str | 
     """Documents (id, text, content_hash, title, body) -> one row per passage: the passage id,
     its document's id and content hash, chunk / chunks, its character span in the document's
     text and the passage text, with tokens built by `l2v_core.chunking` (never truncated)."""
-    from l2v_core import split_document
-
     tokenizer = _tokenizer(model_path)
     columns: dict[str, list] = {name: [] for name in PASSAGE_COLUMNS}
     for doc_id, digest, title, body in zip(*(batch.column(c).to_pylist()
                                              for c in ("id", "content_hash", "title", "body"))):
-        passages = split_document(tokenizer, body, chunk_tokens=chunk_tokens, overlap=chunk_overlap, title=title,
-                                  instruction=instruction)
+        passages = _split(tokenizer, doc_id, body, title, instruction, chunk_tokens, chunk_overlap)
         for p in passages:
             values = (passage_id(doc_id, p.chunk), body[p.char_start:p.char_end], digest, doc_id, p.chunk,
                       len(passages), p.char_start, p.char_end, p.input_ids, p.pool_mask, len(p.input_ids), False)
             for name, value in zip(PASSAGE_COLUMNS, values):
                 columns[name].append(value)
     return pa.table(columns, schema=PASSAGE_SCHEMA)
+
+
+def _split(tokenizer, doc_id: str, body: str, title: str | None, instruction: str | None, chunk_tokens: int,
+           overlap: int) -> list:
+    from l2v_core import split_document
+
+    try:
+        return split_document(tokenizer, body, chunk_tokens=chunk_tokens, overlap=overlap, title=title,
+                              instruction=instruction)
+    except ValueError:
+        if not (isinstance(title, str) and title.strip()):
+            raise
+        # a title that leaves a window no room for text: the text matters more than its title
+        logger.warning("document %r: its title leaves no room for text in a %d-token passage; its passages are "
+                       "embedded without the title", doc_id, chunk_tokens)
+        return split_document(tokenizer, body, chunk_tokens=chunk_tokens, overlap=overlap, instruction=instruction)
 
 
 PASSAGE_SCHEMA = pa.schema([
