@@ -82,7 +82,7 @@ def split_document(tokenizer, text: str, *, chunk_tokens: int, overlap: int = 0,
                    title: str | None = None, instruction: str | None = None) -> list[Passage]:
     """Cut `text` into passages of at most `chunk_tokens` tokens each (see the module docstring).
 
-    A text that fits one window gives exactly one passage spanning the whole stripped text. An
+    A text whose tokens fit one window gives one passage spanning the whole stripped text. An
     empty text, or a title so long that no text fits beside it, is a ValueError."""
     _check_sizes(chunk_tokens, overlap)
     if not isinstance(text, str) or not text.strip():
@@ -100,12 +100,11 @@ def split_document(tokenizer, text: str, *, chunk_tokens: int, overlap: int = 0,
 
     tokens = _TextTokens(tokenizer, text)
     passages: list[Passage] = []
-    start = tokens.skip_space(0)
+    start = tokens.skip_space(0)  # every window starts at a token holding a non-space character
     while start < tokens.n:
         end, span, built = _fit_window(tokenizer, tokens, start, min(start + room, tokens.n), head, instruction,
                                        chunk_tokens)
-        if span is not None:  # a window of nothing but whitespace embeds nothing
-            passages.append(Passage(len(passages), span[0], span[1], *built))
+        passages.append(Passage(len(passages), span[0], span[1], *built))
         if end >= tokens.n:
             break
         start = tokens.skip_space(tokens.next_start(start, end, overlap))
@@ -122,8 +121,6 @@ def _fit_window(tokenizer, tokens: _TextTokens, start: int, limit: int, head: st
     while True:
         end = tokens.n if limit >= tokens.n else _choose_end(tokens, start, limit)
         span = tokens.span(start, end)
-        if span is None:
-            return end, None, None
         batch = tokenize_texts(tokenizer, [head + tokens.text[span[0]:span[1]]], instruction,
                                max_length=2 * chunk_tokens + 64)  # generous: a longer result is measured, not used
         length = batch.n_tokens[0] + (1 if batch.truncated[0] else 0)
@@ -207,14 +204,15 @@ class _TextTokens:
             k += 1
         return k
 
-    def span(self, start: int, end: int) -> tuple[int, int] | None:
-        """The stripped character span of tokens [start, end), or None when it is all whitespace."""
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The character span of tokens [start, end), stripped of whitespace (token `start` holds
+        a non-space character, so the span is never empty)."""
         first, last = self.starts[start], self.ends[end - 1]
         while first < last and self.text[first].isspace():
             first += 1
         while last > first and self.text[last - 1].isspace():
             last -= 1
-        return (first, last) if first < last else None
+        return first, last
 
 
 def _prefix(instruction: str | None) -> str:
