@@ -199,8 +199,9 @@ class _TextTokens:
 
     def skip_space(self, k: int) -> int:
         """The first token from k on holding a non-space character (a window spends no room on
-        leading whitespace, which the span strips anyway)."""
-        while k < self.n and self.text[self.starts[k]:self.ends[k]].isspace():
+        leading whitespace, which the span strips anyway; some tokenizers also give a prefix
+        token an empty span)."""
+        while k < self.n and not self.text[self.starts[k]:self.ends[k]].strip():
             k += 1
         return k
 
