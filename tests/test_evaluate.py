@@ -111,3 +111,89 @@ def test_minilm_reproduces_its_published_stsb_figure(shared_data):
     report = _evaluate_main(["--model", "minilm", "--tasks", "stsb", "--stsb", str(shared_data / "stsb")])
     assert report["stsb_test"]["pairs"] == 1379
     assert abs(report["stsb_test"]["spearman"] - 82.0) <= 1.0, report
+
+
+class _KeywordEncoder:
+    """An encoder that knows the answers: a text's vector counts topic words in what it pools. It
+    runs the real splitter and tokenizer, so only the grouping and ranking are under test."""
+
+    TOPICS = ("zebra", "cat", "dog")
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        from l2v_core.testing import tiny_tokenizer
+
+        self.tokenizer = tiny_tokenizer()
+        self.settings = SimpleNamespace(max_length=128)
+
+    def _vector(self, text):
+        words = text.lower()
+        return [words.count(t) for t in self.TOPICS] + [0.01]
+
+    def encode(self, texts, instruction=None, **_):
+        return np.asarray([self._vector(t) for t in texts], dtype=np.float32)
+
+    def encode_tokenized(self, batch, **_):
+        pooled = [self.tokenizer.decode([i for i, m in zip(ids, mask) if m])
+                  for ids, mask in zip(batch.input_ids, batch.pool_mask)]
+        return self.encode(pooled)
+
+
+def _long_scifact(folder, docs, queries, qrels):
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": d, "title": "", "text": t})
+                                                   for d, t in docs.items()) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps({"_id": q, "text": t})
+                                                    for q, t in queries.items()) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n"
+                                               + "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items()))
+    return folder
+
+
+def test_long_documents_are_found_by_their_best_passage(tmp_path):
+    """The answer sits at the end of a long document: truncated at 16 tokens the document never
+    shows it, cut into 16-token passages its last passage wins."""
+    from pipelines.evaluation import evaluate_scifact_passages
+
+    docs = {"d0": "A zebracat sits on the mat. " * 6,  # many half-right passages: a sum or mean would pick it
+            "d1": "The dog runs in the park." * 8 + " A zebra, a zebra, a zebra.",
+            "d2": "The dog sleeps." * 3}
+    data = load_scifact(_long_scifact(tmp_path / "sci", docs, {"1": "zebra"}, {"1": "d1"}))
+    report = evaluate_scifact_passages(_KeywordEncoder(), data, chunk_tokens=16, query_instruction=None)
+    assert report["ndcg@10_passages"] == pytest.approx(100.0)
+    assert report["ndcg@10_whole"] == pytest.approx(100 / math.log2(3), abs=0.01)  # d0 (a zebra early) above d1
+    assert report["docs"] == 3 and report["passages"] > 3 and report["docs_truncated"] == 2
+
+
+def test_subset_retrieval_keeps_the_judged_documents_first(fake_data):
+    from pipelines.evaluation import subset_retrieval
+
+    data = load_scifact(fake_data[1])
+    small = subset_retrieval(data, queries=1, docs=1)
+    assert small.query_ids == ["1"] and small.doc_ids == ["d1"] and set(small.qrels) == {"1"}
+    assert subset_retrieval(data, queries=1, docs=2).doc_ids == ["d1", "d2"]
+    assert subset_retrieval(data).doc_ids == data.doc_ids and data.query_ids == ["1", "2"]  # a copy
+
+
+def test_evaluate_job_long_document_check_on_a_tiny_encoder(tiny_encoder_dir, tmp_path):
+    docs = {f"d{i}": " ".join(["Cats sit on mats.", "Dogs run.", "Vectors and cosine similarity."][i:] * 12)
+            for i in range(3)}
+    sci = _long_scifact(tmp_path / "sci", docs, {"1": "Where do cats sit?", "2": "Dogs?"}, {"1": "d0", "2": "d1"})
+    report = _evaluate_main(["--model", str(tiny_encoder_dir), "--tasks", "scifact_passages", "--scifact", str(sci),
+                             "--chunk-tokens", "32", "--chunk-overlap", "4"])
+    long_docs = report["scifact_passages_test"]
+    assert (long_docs["chunk_tokens"], long_docs["overlap"], long_docs["docs"]) == (32, 4, 3)
+    assert long_docs["passages"] > 3 * 3 and long_docs["docs_truncated"] == 3
+    assert 0 <= long_docs["ndcg@10_passages"] <= 100 and 0 <= long_docs["ndcg@10_whole"] <= 100
+    assert "scifact_test" not in report and "stsb_test" not in report
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model", "minilm", "--tasks", "scifact_passages"], "l2v encoder"),
+    (["--tasks", "scifact_passages", "--chunk-tokens", "0"], "--chunk-tokens must be at least 1"),
+    (["--tasks", "nope"], "valid: stsb, scifact, scifact_passages"),
+])
+def test_evaluate_job_rejects_bad_long_document_arguments(fake_data, argv, match):
+    with pytest.raises(evaluate_job.UsageError, match=match):
+        _evaluate_main([*argv, "--scifact", str(fake_data[1])])

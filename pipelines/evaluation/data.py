@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -66,3 +66,18 @@ def load_scifact(folder: str | Path, split: str = "test") -> Retrieval:
             query_ids.append(str(row["_id"]))
             queries.append(row["text"])
     return Retrieval(doc_ids, docs, query_ids, queries, qrels)
+
+
+def subset_retrieval(data: Retrieval, queries: int | None = None, docs: int | None = None) -> Retrieval:
+    """A smaller copy for smoke runs: the first `queries` queries, and `docs` documents: those
+    judged for the kept queries first (so every query can still find its answers), then the
+    others in corpus order. None keeps all."""
+    query_ids, texts = data.query_ids[:queries], data.queries[:queries]
+    qrels = {q: data.qrels[q] for q in query_ids}
+    if docs is None:
+        return replace(data, query_ids=query_ids, queries=texts, qrels=qrels)
+    judged = {d for q in query_ids for d in qrels[q]}
+    order = sorted(range(len(data.doc_ids)), key=lambda j: data.doc_ids[j] not in judged)  # stable: corpus order
+    keep = sorted(order[:max(docs, len(judged))])
+    return replace(data, doc_ids=[data.doc_ids[j] for j in keep], docs=[data.docs[j] for j in keep],
+                   query_ids=query_ids, queries=texts, qrels=qrels)
