@@ -88,6 +88,9 @@ def test_search_answers_with_hits_and_the_version(service):
     assert first[0]["id"] == "a3" and first[0]["score"] == pytest.approx(1.0, abs=1e-4) and first[0]["text"] == TEXTS[3]
     assert body["results"][1]["hits"][0]["id"] == "a11"
     assert call(service.url, "/search", {"query": TEXTS[5], "k": 200 // 4}).body["results"][0]["hits"][-1]["rank"] == N
+    # an unchunked index has one vector per document: group_by changes nothing, hits keep their fields
+    passages = call(service.url, "/search", {"queries": [TEXTS[3], TEXTS[11]], "k": 4, "group_by": "passage"})
+    assert passages.status == 200 and passages.body == body and "group_by" not in body
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_rows(service, tiny_encoder_dir):
@@ -150,6 +153,7 @@ BAD = [
     ("/search", {"query": "a", "k": "3"}, {}, 400, "'k'"),
     ("/search", {"query": "a", "k": True}, {}, 400, "'k'"),
     ("/search", {"query": "a", "topk": 3}, {}, 400, "unknown field 'topk'"),
+    ("/search", {"query": "a", "group_by": "document"}, {}, 400, "'group_by'"),
     ("/search", {"queries": ["q"] * 17}, {}, 400, "at most 16"),
     ("/search", {"query": "x" * 70_000}, {}, 413, "at most 65536"),
     ("/v1/embeddings", {"input": "a"}, {}, 400, "'model'"),
