@@ -7,14 +7,14 @@
         print(hit.rank, hit.score, hit.id, hit.text)
 
 Queries get the encoder's 'query' instruction unless another is given (pass instruction="" for
-none).
+none). The encoder is loaded from where the manifest says it came from, and its identity must
+equal the manifest's: vectors from one model are never searched with another.
 
 A chunked index (`--chunk-tokens`: one vector per passage) answers with documents by default
 (`group_by="doc"`): each document scores its best passage, and its hit carries that passage's id,
 chunk number, character span in the document's text and text. `group_by="passage"` returns the
 passages themselves. An unchunked index answers as it always has (one vector per document);
-`group_by` changes nothing there. The encoder is loaded from where the manifest says it came from, and its identity must
-equal the manifest's: vectors from one model are never searched with another.
+`group_by` changes nothing there.
 """
 
 from __future__ import annotations
@@ -217,10 +217,11 @@ def _read_part(version_dir: Path, name: str, read):
                                  f"the output is damaged; {REPAIR}") from err
 
 
-def search(output: str | Path, query: str, k: int = 10, instruction: str | None = None, *, encoder=None) -> list[Hit]:
+def search(output: str | Path, query: str, k: int = 10, instruction: str | None = None, *, encoder=None,
+           group_by: str | None = None) -> list[Hit]:
     """One query against the published version of `output` (loads everything: for many queries
     keep a `CorpusIndex`)."""
-    return CorpusIndex.open(output, encoder=encoder).search(query, k, instruction)[0]
+    return CorpusIndex.open(output, encoder=encoder).search(query, k, instruction, group_by=group_by)[0]
 
 
 def _load_encoder(manifest: dict, device: str | None, model: str | None = None):
