@@ -49,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--title-column", help="optional column put before the text ('title\\n\\ntext')")
     p.add_argument("--instruction", help="instruction before each document (default: the encoder's 'document' one)")
     p.add_argument("--max-length", type=int, help="override the encoder's max tokens per text")
+    p.add_argument("--chunk-tokens", type=int,
+                   help="split documents into passages of at most N tokens and embed every passage (default: off)")
+    p.add_argument("--chunk-overlap", type=int, help="tokens of text consecutive passages share (default 0)")
     p.add_argument("--index", choices=["auto", "flat", "ivf", "ivfpq", "hnsw"])
     p.add_argument("--index-memory", help="index memory budget, e.g. 4GiB")
     p.add_argument("--num-actors", type=int, help="embed actors (default: one per GPU, else 1)")

@@ -38,10 +38,12 @@ class InputChangedError(RuntimeError):
     """An input file changed between the scan and the read: the plan no longer describes it."""
 
 
-def read_planned_rows(units: pa.Table, *, columns: Columns, store_text: bool = True) -> Iterator[pa.Table]:
+def read_planned_rows(units: pa.Table, *, columns: Columns, store_text: bool = True,
+                      chunked: bool = False) -> Iterator[pa.Table]:
     """units: rows of (path, file_index, rows, plan_dir) -> tables of (id, text, content_hash)
-    holding the file's planned rows (plan/embed), in file order. Each row read must still have
-    the id and content hash the scan saw: a file rewritten since is never embedded."""
+    holding the file's planned rows (plan/embed), in file order; `chunked` adds the parts the
+    splitter needs (title, body: the text column as it is). Each row read must still have the id
+    and content hash the scan saw: a file rewritten since is never embedded."""
     for path, file_index, expected, plan_dir in zip(*(units.column(c).to_pylist()
                                                       for c in ("path", "file_index", "rows", "plan_dir"))):
         planned = planned_rows_of_file(plan_dir, file_index)
@@ -52,7 +54,7 @@ def read_planned_rows(units: pa.Table, *, columns: Columns, store_text: bool = T
         for batch in open_parquet(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns.names):
             lo, hi = (int(i) for i in np.searchsorted(rows, [offset, offset + batch.num_rows]))
             if hi > lo:
-                table = _compose(batch.take(pa.array(rows[lo:hi] - offset)), columns)
+                table = _compose(batch.take(pa.array(rows[lo:hi] - offset)), columns, chunked)
                 _check_planned(table, planned.slice(lo, hi - lo), path)
                 done = hi
                 yield table
@@ -72,16 +74,20 @@ def _check_planned(table: pa.Table, planned: pa.Table, path: str) -> None:
                                 f"the input is stable")
 
 
-def _compose(batch: pa.RecordBatch, columns: Columns) -> pa.Table:
+def _compose(batch: pa.RecordBatch, columns: Columns, chunked: bool = False) -> pa.Table:
     ids = normalize_ids(batch.column(columns.id))
     texts = batch.column(columns.text).to_pylist()
     titles = batch.column(columns.title).to_pylist() if columns.title else [None] * batch.num_rows
     composed = [compose_text(title, text) for title, text in zip(titles, texts)]
-    return pa.table({
+    table = pa.table({
         "id": ids,
         "text": pa.array(composed, pa.string()),
         "content_hash": pa.array([content_hash(t) for t in composed], pa.string()),
     })
+    if chunked:  # the splitter puts the title before every passage; spans index the text column
+        table = table.append_column("title", pa.array(titles, pa.string())).append_column(
+            "body", pa.array(texts, pa.string()))
+    return table
 
 
 # ------------------------------------------------------------------ tokenize
@@ -92,10 +98,15 @@ def _tokenizer(model_path: str):
     return load_tokenizer(model_path)
 
 
-def tokenize_rows(batch: pa.Table, *, model_path: str, max_length: int, instruction: str | None) -> pa.Table:
-    """Adds input_ids, pool_mask (unpadded lists), n_tokens and truncated. CPU only, no model."""
+def tokenize_rows(batch: pa.Table, *, model_path: str, max_length: int, instruction: str | None,
+                  chunking: dict | None = None) -> pa.Table:
+    """Adds input_ids, pool_mask (unpadded lists), n_tokens and truncated. CPU only, no model.
+    With `chunking` ({chunk_tokens, chunk_overlap}) each document becomes its passages instead
+    (`split_into_passages`)."""
     from l2v_core import tokenize_texts
 
+    if chunking:
+        return split_into_passages(batch, model_path=model_path, instruction=instruction, **chunking)
     tokens = tokenize_texts(_tokenizer(model_path), batch.column("text").to_pylist(), instruction, max_length)
     return (
         batch.append_column("input_ids", pa.array(tokens.input_ids, pa.list_(pa.int32())))
@@ -105,13 +116,78 @@ def tokenize_rows(batch: pa.Table, *, model_path: str, max_length: int, instruct
     )
 
 
+def passage_id(doc_id: str, chunk: int) -> str:
+    """A passage's id in the vectors and the index: unique, since a chunk number holds no '#'."""
+    return f"{doc_id}#{chunk}"
+
+
+def split_into_passages(batch: pa.Table, *, model_path: str, instruction: str | None, chunk_tokens: int,
+                        chunk_overlap: int) -> pa.Table:
+    """Documents (id, text, content_hash, title, body) -> one row per passage: the passage id,
+    its document's id and content hash, chunk / chunks, its character span in the document's
+    text and the passage text, with tokens built by `l2v_core.chunking` (never truncated)."""
+    tokenizer = _tokenizer(model_path)
+    columns: dict[str, list] = {name: [] for name in PASSAGE_COLUMNS}
+    for doc_id, digest, title, body in zip(*(batch.column(c).to_pylist()
+                                             for c in ("id", "content_hash", "title", "body"))):
+        passages = _split(tokenizer, doc_id, body, title, instruction, chunk_tokens, chunk_overlap)
+        for p in passages:
+            values = (passage_id(doc_id, p.chunk), body[p.char_start:p.char_end], digest, doc_id, p.chunk,
+                      len(passages), p.char_start, p.char_end, p.input_ids, p.pool_mask, len(p.input_ids), False)
+            for name, value in zip(PASSAGE_COLUMNS, values):
+                columns[name].append(value)
+    return pa.table(columns, schema=PASSAGE_SCHEMA)
+
+
+def _split(tokenizer, doc_id: str, body: str, title: str | None, instruction: str | None, chunk_tokens: int,
+           overlap: int) -> list:
+    from l2v_core import split_document
+
+    try:
+        return split_document(tokenizer, body, chunk_tokens=chunk_tokens, overlap=overlap, title=title,
+                              instruction=instruction)
+    except ValueError:
+        if not (isinstance(title, str) and title.strip()):
+            raise
+        # a title that leaves a window no room for text: the text matters more than its title
+        logger.warning("document %r: its title leaves no room for text in a %d-token passage; its passages are "
+                       "embedded without the title", doc_id, chunk_tokens)
+        return split_document(tokenizer, body, chunk_tokens=chunk_tokens, overlap=overlap, instruction=instruction)
+
+
+PASSAGE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("text", pa.string()), ("content_hash", pa.string()), ("doc_id", pa.string()),
+    ("chunk", pa.int32()), ("chunks", pa.int32()), ("char_start", pa.int32()), ("char_end", pa.int32()),
+    ("input_ids", pa.list_(pa.int32())), ("pool_mask", pa.list_(pa.int8())), ("n_tokens", pa.int32()),
+    ("truncated", pa.bool_()),
+])
+PASSAGE_COLUMNS = PASSAGE_SCHEMA.names
+
+
 # ------------------------------------------------------------------ embed
-def vectors_schema(dim: int, store_text: bool) -> pa.Schema:
+CHUNK_FIELDS = [("doc_id", pa.string()), ("chunk", pa.int32()), ("chunks", pa.int32()), ("char_start", pa.int32()),
+                ("char_end", pa.int32())]
+
+
+def vectors_schema(dim: int, store_text: bool, chunked: bool = False) -> pa.Schema:
+    """The vectors parquet. Chunked: one row per passage (`id` is the passage's, `content_hash`
+    its document's), with its document, place and character span in the document's text."""
     fields = [
         ("id", pa.string()), ("embedding", pa.list_(pa.float32(), dim)), ("content_hash", pa.string()),
         ("n_tokens", pa.int32()), ("truncated", pa.bool_()),
     ]
-    return pa.schema(fields + ([("text", pa.string())] if store_text else []))
+    return pa.schema(fields + ([("text", pa.string())] if store_text else []) + (CHUNK_FIELDS if chunked else []))
+
+
+def count_documents(path: str) -> tuple[int, int, int]:
+    """(passages, documents, passages its documents should have) of one chunked vectors file:
+    every document has exactly one chunk 0, which carries its passage count."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["chunk", "chunks"])
+    first = table.filter(pc.equal(table.column("chunk"), 0))
+    return table.num_rows, first.num_rows, int(pc.sum(first.column("chunks")).as_py() or 0)
 
 
 class EmbedActor:
@@ -120,7 +196,7 @@ class EmbedActor:
 
     def __init__(self, *, model: str | None, identity: dict, max_length: int | None, device: str | None,
                  dtype: str | None, batch_tokens: int, store_text: bool, cpu_threads: int | None, stats_dir: str,
-                 max_padding: float = 0.1, fault: str | None = None, actors: int = 1):
+                 max_padding: float = 0.1, fault: str | None = None, actors: int = 1, chunked: bool = False):
         import torch
 
         from l2v_core import Encoder, pick_device_and_dtype
@@ -139,7 +215,7 @@ class EmbedActor:
         self.batch_tokens = batch_tokens
         self.max_padding = max_padding
         self.store_text = store_text
-        self.schema = vectors_schema(self.encoder.dim, store_text)
+        self.schema = vectors_schema(self.encoder.dim, store_text, chunked)
         self.stats = {"rows": 0, "tokens": 0, "padded_tokens": 0, "busy_s": 0.0, "device": str(device),
                       "dtype": str(dtype), "threads": torch.get_num_threads()}
         self.stats_dir = stats_dir
@@ -167,8 +243,7 @@ class EmbedActor:
                                    [n_tokens[r] for r in rows], [False] * len(rows))
             vectors[rows] = self.encoder.encode_tokenized(group, batch_tokens=self.batch_tokens, normalize=True)
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1])
-        columns = [batch.column("id"), embedding, batch.column("content_hash"), batch.column("n_tokens"),
-                   batch.column("truncated")] + ([batch.column("text")] if self.store_text else [])
+        columns = [embedding if name == "embedding" else batch.column(name) for name in self.schema.names]
         self._record(n_tokens, padded_positions(n_tokens, groups), time.perf_counter() - start)
         return pa.Table.from_arrays(columns, schema=self.schema)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 IndexKind = Literal["auto", "flat", "ivf", "ivfpq", "hnsw"]
 
@@ -53,6 +53,13 @@ class EmbedConfig(BaseModel):
     instruction: str | None = Field(
         None, description="Instruction put before every document; null = the encoder's 'document' instruction, if any.",
     )
+    chunk_tokens: int | None = Field(
+        None, ge=8,
+        description="Split each document into passages of at most this many tokens (the encoder's tokenizer; the "
+                    "instruction and the title count inside the window) and embed every passage; null = one vector "
+                    "per document, texts beyond max_length truncated.",
+    )
+    chunk_overlap: int = Field(0, ge=0, description="Tokens of text consecutive passages share (with chunk_tokens).")
     store_text: bool = Field(True, description="Keep each text in the vectors parquet so that search can show it.")
     index: IndexKind = Field("auto", description="FAISS index: auto picks flat, ivf or ivfpq from size and memory.")
     index_memory: str = Field(
@@ -106,6 +113,22 @@ class EmbedConfig(BaseModel):
     @classmethod
     def _one_or_many(cls, value):
         return [value] if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _chunking(self) -> EmbedConfig:
+        if self.chunk_overlap and self.chunk_tokens is None:
+            raise ValueError("chunk_overlap needs chunk_tokens: set --chunk-tokens N to split documents into passages")
+        if self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens // 2:
+            raise ValueError(f"chunk_overlap {self.chunk_overlap} must be under half of chunk_tokens "
+                             f"{self.chunk_tokens}: each passage must add new text; lower --chunk-overlap")
+        return self
+
+    @property
+    def chunking(self) -> dict | None:
+        """The passage settings as recorded in the manifest and the vector identity; None when off."""
+        if self.chunk_tokens is None:
+            return None
+        return {"chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
 
     @field_validator("index_memory")
     @classmethod

@@ -67,6 +67,7 @@ class EncoderInfo:
     settings: dict
     device: str
     dtype: str
+    chunking_problem: str | None = None  # --chunk-tokens cannot work with this encoder: why
 
 
 def placement(cfg: EmbedConfig) -> Placement:
@@ -90,13 +91,27 @@ def placement(cfg: EmbedConfig) -> Placement:
 
 
 @ray.remote(num_cpus=1)
-def _describe(model: str | None, max_length: int | None, device: str, dtype: str | None) -> EncoderInfo:
+def _describe(model: str | None, max_length: int | None, device: str, dtype: str | None,
+              chunking: dict | None, instruction: str | None) -> EncoderInfo:
     from l2v_core import Encoder, pick_device_and_dtype, resolve_model_path
 
     device_, dtype_ = pick_device_and_dtype(device, dtype)
     kwargs = {"max_length": max_length} if max_length else {}
     encoder = Encoder.from_pretrained(model, device=device_, dtype=dtype_, **kwargs)
+    problem = None
+    if chunking:
+        from l2v_core import check_chunking
+
+        if instruction is None:
+            instruction = encoder.settings.instructions.get("document")
+        try:
+            check_chunking(encoder.tokenizer, chunk_tokens=chunking["chunk_tokens"],
+                           overlap=chunking["chunk_overlap"], max_length=encoder.settings.max_length,
+                           instruction=instruction)
+        except ValueError as err:
+            problem = str(err)
     return EncoderInfo(
+        chunking_problem=problem,
         source="default" if model in (None, "", "default") else resolve_model_path(model),
         tokenizer_path=resolve_model_path(model),
         identity=encoder.identity(),
@@ -112,7 +127,8 @@ def _describe(model: str | None, max_length: int | None, device: str, dtype: str
 def describe_encoder(cfg: EmbedConfig, where: Placement) -> ray.ObjectRef:
     """Load the encoder once where the actors will run (not on the driver): its identity, dim and
     tokenizer path. Returns a reference; `ray.get` it."""
-    return _describe.options(num_gpus=where.num_gpus).remote(cfg.model, cfg.max_length, where.device, cfg.dtype)
+    return _describe.options(num_gpus=where.num_gpus).remote(cfg.model, cfg.max_length, where.device, cfg.dtype,
+                                                             cfg.chunking, cfg.instruction)
 
 
 def embed_planned_rows(plan: PlanSummary, cfg: EmbedConfig, encoder: EncoderInfo, where: Placement,
@@ -127,7 +143,8 @@ def embed_planned_rows(plan: PlanSummary, cfg: EmbedConfig, encoder: EncoderInfo
         for i, (path, n) in enumerate(zip(plan.paths, plan.to_embed_by_file)) if n
     ]
     if not units:
-        pq.write_table(vectors_schema(encoder.dim, cfg.store_text).empty_table(), vectors_dir / "empty.parquet")
+        pq.write_table(vectors_schema(encoder.dim, cfg.store_text, cfg.chunking is not None).empty_table(),
+                       vectors_dir / "empty.parquet")
         return 0.0
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = 0  # a failed block fails the run: no silent loss
@@ -140,12 +157,13 @@ def embed_planned_rows(plan: PlanSummary, cfg: EmbedConfig, encoder: EncoderInfo
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     # Read and tokenize fuse into one CPU task stage; the repartition below keeps them out of the
     # embed actors (fused in, tokenizing would stall the GPU).
+    chunked = cfg.chunking is not None
     ds = ds.map_batches(read_planned_rows, batch_size=1, batch_format="pyarrow", num_cpus=cfg.tokenize_cpus,
-                        fn_kwargs={"columns": columns, "store_text": cfg.store_text})
+                        fn_kwargs={"columns": columns, "store_text": cfg.store_text, "chunked": chunked})
     ds = ds.map_batches(tokenize_rows, batch_size=cfg.tokenize_batch_size, batch_format="pyarrow",
                         num_cpus=cfg.tokenize_cpus,
                         fn_kwargs={"model_path": encoder.tokenizer_path, "max_length": encoder.max_length,
-                                   "instruction": instruction})
+                                   "instruction": instruction, "chunking": cfg.chunking})
     # One file is one read unit, so a large file would reach a single embed actor as one big
     # block: cutting blocks to the embed batch size (a streaming split, no shuffle) spreads every
     # file's rows over all actors.
@@ -169,7 +187,7 @@ def _embed_on_actors(ds: ray.data.Dataset, cfg: EmbedConfig, encoder: EncoderInf
             "device": where.device, "dtype": cfg.dtype, "batch_tokens": cfg.batch_tokens,
             "store_text": cfg.store_text, "stats_dir": str(stats_dir), "max_padding": cfg.max_padding,
             "cpu_threads": cfg.cpu_threads, "actors": where.actors,
-            "fault": faults.for_actor(),
+            "fault": faults.for_actor(), "chunked": cfg.chunking is not None,
         },
         batch_size=cfg.batch_size,
         batch_format="pyarrow",

@@ -14,17 +14,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from .batch_udfs import vectors_schema
 from .layout import QUARANTINE_FILE, VECTORS, vector_files_of
 
 FORMAT = "l2v-embed/1"
 TEXT_COMPOSITION = "title.strip() + '\\n\\n' + text when the row has a non-empty title, else text"
 
 
-def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None, title_column: str | None) -> dict:
+def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None, title_column: str | None,
+                    chunking: dict | None = None) -> dict:
     """Everything that decides a document's vector besides its text: equal identities mean a
     stored vector can be reused for an unchanged content_hash. The dtype counts: bf16 vectors
-    (GPU) differ slightly from float32 ones (CPU), and one index should not mix them."""
-    return {
+    (GPU) differ slightly from float32 ones (CPU), and one index should not mix them. Passage
+    settings count when documents are split (and are absent otherwise, so unchunked versions
+    made before chunking existed keep their identity)."""
+    identity = {
         "encoder": encoder_identity,
         "dtype": dtype,
         "instruction": instruction,
@@ -32,6 +36,7 @@ def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None,
         "text_composition": TEXT_COMPOSITION,
         "normalized": True,
     }
+    return identity | ({"chunking": dict(chunking)} if chunking else {})
 
 
 def build_manifest(*, version: str, previous: str | None, cfg, encoder, instruction: str | None,
@@ -42,7 +47,8 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder, instruct
         "version": version,
         "previous_version": previous,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "vector_identity": vector_identity(encoder.identity, encoder.dtype, instruction, cfg.title_column),
+        "vector_identity": vector_identity(encoder.identity, encoder.dtype, instruction, cfg.title_column,
+                                           cfg.chunking),
         "encoder": {
             "source": encoder.source,
             "identity": encoder.identity,
@@ -57,12 +63,12 @@ def build_manifest(*, version: str, previous: str | None, cfg, encoder, instruct
         },
         "counts": counts,
         "vectors": {"dir": VECTORS, "dim": encoder.dim, "rows": index_info["count"],
-                    "columns": ["id", "embedding", "content_hash", "n_tokens", "truncated"]
-                    + (["text"] if cfg.store_text else [])},
+                    "columns": vectors_schema(encoder.dim, cfg.store_text, cfg.chunking is not None).names},
         "quarantine": {"file": QUARANTINE_FILE, "rows": counts["rows_quarantined"]},
         "index": {"file": index_info["index_file"], "id_map": index_info["id_map"], "info": "index_info.json",
                   "factory": index_info["factory"], "count": index_info["count"],
                   "recall_at_10": index_info["recall_at_10"], "built_by": index_info["built_by"]},
+        **({"chunking": cfg.chunking} if cfg.chunking else {}),  # search groups passages by document
         "throughput": throughput,
         "timings_s": timings,
     }

@@ -71,8 +71,9 @@ class PlanSummary:
     rows_read: int
     rows_planned: int  # embedded or reused: the new version's vectors
     rows_to_embed: int  # sent to the model
-    rows_reused: int
+    rows_reused: int  # documents whose stored vectors are copied
     rows_reused_published: int  # part of rows_reused: from the published version (the rest is salvage)
+    passages_reused: int  # stored vectors copied (= rows_reused unless the vectors are passages)
     rows_deleted: int  # published ids that no planned row has (--incremental)
     quarantine_by_reason: dict[str, int]
     quarantine_fingerprint: int  # order-free (plan_tasks.fingerprint): compares quarantines without reading them
@@ -99,7 +100,7 @@ class PlanSummary:
             "rows_read": self.rows_read, "rows_to_embed": self.rows_to_embed, "rows_reused": self.rows_reused,
             "rows_salvaged": self.rows_salvaged, "rows_deleted": self.rows_deleted,
             "rows_quarantined": self.rows_quarantined, "quarantine_by_reason": dict(self.quarantine_by_reason),
-            "rows_planned": self.rows_planned,
+            "rows_planned": self.rows_planned, "passages_reused": self.passages_reused,
             "files_read": len(self.files), "files_skipped": len(self.bad_files),
             "bad_files": [{"path": b.path, "error": b.error} for b in self.bad_files],
             "decision": self.decision, "salvaged_from": list(self.salvaged_from),
@@ -131,8 +132,9 @@ def finish_plan(scan_refs: list[ray.ObjectRef], files: list[str], sources: Reuse
                 started: float) -> PlanSummary:
     """Partition the stored vectors' keys, wait for the scan, resolve every partition, and
     write plan.json. Raises on the input problems that stop a run (same rules as ever)."""
-    stored_refs = [_stored_task.remote(path, i, stored_schema, str(plan_dir), partitions)
-                   for i, path in enumerate(sources.files)]
+    groups = {version: g for g, version in enumerate(dict.fromkeys(sources.versions))}  # in rank order
+    stored_refs = [_stored_task.remote(path, i, groups[version], stored_schema, str(plan_dir), partitions)
+                   for i, (path, version) in enumerate(zip(sources.files, sources.versions))]
     scans: list[ScannedFile] = _wait(scan_refs, "scanned", "files")
     bad_files = _check_scans(scans, skip_bad_files)
     stored: list[StoredFile] = _wait(stored_refs, "read the keys of", "stored vectors files")
@@ -237,8 +239,8 @@ def _summarize(scans: list[ScannedFile], bad_files: list[BadFile], parts: list[P
             to_embed_by_file[f] += n
         for s, n in p.reused_by_source.items():
             reused_by_source[s] = reused_by_source.get(s, 0) + n
-    reused = sum(reused_by_source.values())
-    reused_published = sum(n for s, n in reused_by_source.items() if s < sources.published_files)
+    reused = sum(p.reused_docs for p in parts)
+    reused_published = sum(p.reused_docs_published for p in parts)
     salvaged_from = tuple(dict.fromkeys(sources.versions[s] for s in sorted(reused_by_source)
                                         if s >= sources.published_files))
     deleted = sum(p.deleted for p in parts)
@@ -253,6 +255,7 @@ def _summarize(scans: list[ScannedFile], bad_files: list[BadFile], parts: list[P
         rows_planned=sum(p.kept for p in parts),
         rows_to_embed=sum(to_embed_by_file),
         rows_reused=reused, rows_reused_published=reused_published, rows_deleted=deleted,
+        passages_reused=sum(reused_by_source.values()),
         quarantine_by_reason=by_reason, quarantine_fingerprint=fingerprint,
         to_embed_by_file=tuple(to_embed_by_file), reused_by_source=reused_by_source,
         sources=sources, salvaged_from=salvaged_from, skipped_files=tuple(skipped), decision=decision,

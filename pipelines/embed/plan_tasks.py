@@ -7,7 +7,7 @@ owns the plan folder's format:
     plan/
       shuffle/p00007/input-000003.parquet   valid rows of input file 3 whose id falls in partition 7:
                                             id, content_hash, file_index, row
-      shuffle/p00007/stored-000002.parquet  stored vectors file 2's rows in partition 7: id, content_hash, rank
+      shuffle/p00007/stored-000002.parquet  stored vectors file 2's rows in partition 7 (STORED_SCHEMA)
       quarantine/scan-000003.parquet        rows of input file 3 that failed validation (QUARANTINE_SCHEMA)
       quarantine/dup-00007.parquet          duplicate copies found in partition 7 (QUARANTINE_SCHEMA)
       embed/part-00007.parquet              rows the model embeds: file_index, row, id, content_hash
@@ -21,9 +21,10 @@ it, meet in one task: the two decisions below need nothing from other partitions
   path, then rows in file order) is kept; every other copy is quarantined naming the kept copy.
 - **The diff against stored vectors** (`diff_against_stored`): a kept row whose
   (id, content_hash) is stored in a reuse source (the published version with --incremental, then
-  interrupted runs, newest first; `incremental.py` picks them) keeps that vector: the
-  best-ranked stored copy, each id once. Every other kept row is embedded. Ids of the published
-  version that no kept row has are deleted.
+  interrupted runs, newest first; `incremental.py` picks them) keeps its vectors, from the
+  best-ranked version holding all of them (every passage of a chunked document). Every other
+  kept row is embedded. Ids of the published version that no kept row has are deleted.
+  Passages are keyed by their document: a document's content hash decides for all of them.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ PLAN_FILE = "plan.json"
 PLAN_TASK_FAULT = "plan_task"
 
 INPUT_SCHEMA = GOOD_SCHEMA.append(pa.field("file_index", pa.int32()))
-STORED_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("rank", pa.int64())])
+# A stored vector, keyed by its document: `id` is the document's id, `vector_id` the row's own id
+# (the same string unless the vectors are passages), `group` the version it belongs to (0 = the
+# best-ranked source), `chunk` / `chunks` its place among its document's passages (0 / 1 unchunked).
+STORED_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("rank", pa.int64()),
+                           ("vector_id", pa.string()), ("group", pa.int32()), ("chunk", pa.int32()),
+                           ("chunks", pa.int32())])
 EMBED_SCHEMA = pa.schema([("file_index", pa.int32()), ("row", pa.int64()), ("id", pa.string()),
                           ("content_hash", pa.string())])
 REUSE_SCHEMA = pa.schema([("source", pa.int32()), ("row", pa.int64()), ("id", pa.string())])
@@ -97,7 +103,9 @@ class PartitionResult:
     deleted: int = 0  # published ids no kept row has
     fingerprint: int = 0  # of its duplicate quarantine rows
     to_embed_by_file: dict[int, int] = field(default_factory=dict)
-    reused_by_source: dict[int, int] = field(default_factory=dict)
+    reused_by_source: dict[int, int] = field(default_factory=dict)  # stored rows (passages, when chunked)
+    reused_docs: int = 0
+    reused_docs_published: int = 0  # part of reused_docs: from the published version's files
     cpu_s: float = 0.0
 
 
@@ -188,20 +196,29 @@ def _by_reason(quarantine: pa.Table) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------ task 2: a stored vectors file
-def stored_to_partitions(path: str, source: int, schema: pa.Schema, plan_dir: str, partitions: int) -> StoredFile:
-    """(id, content_hash, rank) of one reusable vectors file, to their id partitions. A file that
-    cannot be read (an interrupted run cut it off before its footer) or has another schema comes
-    back with `error`; the driver decides what that means."""
+def stored_to_partitions(path: str, source: int, group: int, schema: pa.Schema, plan_dir: str,
+                         partitions: int) -> StoredFile:
+    """The keys (STORED_SCHEMA) of one reusable vectors file, to their document's id partitions.
+    A file that cannot be read (an interrupted run cut it off before its footer) or has another
+    schema comes back with `error`; the driver decides what that means."""
     cpu = time.process_time()
+    chunked = "doc_id" in schema.names
     try:
         parquet = pq.ParquetFile(path)
         if not parquet.schema_arrow.equals(schema, check_metadata=False):
             raise ValueError(f"its schema {parquet.schema_arrow} is not the expected {schema}")
-        table = parquet.read(columns=["id", "content_hash"])
+        table = parquet.read(columns=["id", "content_hash"] + (["doc_id", "chunk", "chunks"] if chunked else []))
     except Exception as err:  # noqa: BLE001 - any reader failure means the file is unusable
         return StoredFile(path, source, error=f"{type(err).__name__}: {err}")
-    rank = (source << ROW_BITS) + np.arange(table.num_rows, dtype=np.int64)
-    table = table.append_column("rank", pa.array(rank))
+    n = table.num_rows
+    rank = (source << ROW_BITS) + np.arange(n, dtype=np.int64)
+    vector_ids = table.column("id")
+    table = pa.table({
+        "id": table.column("doc_id") if chunked else vector_ids, "content_hash": table.column("content_hash"),
+        "rank": pa.array(rank), "vector_id": vector_ids, "group": pa.array(np.full(n, group, np.int32)),
+        "chunk": table.column("chunk") if chunked else pa.array(np.zeros(n, np.int32)),
+        "chunks": table.column("chunks") if chunked else pa.array(np.ones(n, np.int32)),
+    }, schema=STORED_SCHEMA)
     if table.num_rows:
         _write_partitioned(table, partition_of(table.column("id"), partitions), Path(plan_dir),
                            f"stored-{source:06d}.parquet")
@@ -219,21 +236,22 @@ def resolve_partition(partition: int, plan_dir: str, files: list[str], published
     rows = _read_all(sorted(folder.glob("input-*.parquet")), INPUT_SCHEMA)
     stored = _read_all(sorted(folder.glob("stored-*.parquet")), STORED_SCHEMA)
     kept, duplicates = keep_first_copies(rows, files)
-    to_embed, reused, deleted = diff_against_stored(kept, stored, published_sources)
+    diff = diff_against_stored(kept, stored, published_sources)
     name = f"part-{partition:05d}.parquet"
-    if to_embed.num_rows:
-        _write(to_embed, plan_dir / EMBED, name)
-    if reused.num_rows:
-        _write(reused, plan_dir / REUSE, name)
+    if diff.to_embed.num_rows:
+        _write(diff.to_embed, plan_dir / EMBED, name)
+    if diff.reused.num_rows:
+        _write(diff.reused, plan_dir / REUSE, name)
     if duplicates.num_rows:
         _write(duplicates, plan_dir / QUARANTINE, f"dup-{partition:05d}.parquet")
     if partition == 0:
         faults.once(fault, PLAN_TASK_FAULT, plan_dir)  # crash tests only: the worker dies after writing
     return PartitionResult(
-        partition, kept=kept.num_rows, duplicates=duplicates.num_rows, deleted=deleted,
+        partition, kept=kept.num_rows, duplicates=duplicates.num_rows, deleted=diff.deleted,
         fingerprint=fingerprint(duplicates),
-        to_embed_by_file=_counts_of(to_embed.column("file_index")),
-        reused_by_source=_counts_of(reused.column("source")), cpu_s=time.process_time() - cpu,
+        to_embed_by_file=_counts_of(diff.to_embed.column("file_index")),
+        reused_by_source=_counts_of(diff.reused.column("source")), reused_docs=diff.reused_docs,
+        reused_docs_published=diff.reused_docs_published, cpu_s=time.process_time() - cpu,
     )
 
 
@@ -279,24 +297,46 @@ def _duplicate_rows(dups: pa.Table, kept: pa.Table, files: list[str]) -> pa.Tabl
     }, schema=QUARANTINE_SCHEMA)
 
 
-def diff_against_stored(kept: pa.Table, stored: pa.Table, published_sources: int) -> tuple[pa.Table, pa.Table, int]:
-    """The incremental diff, in one place. kept: the deduped rows; stored: (id, content_hash, rank)
-    of every reusable stored vector, ranked by source (the published version's files first), file
-    and row. -> (rows to embed: EMBED_SCHEMA sorted by file and row; stored rows to copy:
-    REUSE_SCHEMA sorted by source and row, each id once; published ids deleted)."""
+@dataclass(frozen=True)
+class Diff:
+    """One partition's diff: what the model embeds, which stored rows are copied, what is deleted."""
+
+    to_embed: pa.Table  # EMBED_SCHEMA, sorted by file and row
+    reused: pa.Table  # REUSE_SCHEMA, sorted by source and row: every vector of each reused document
+    deleted: int  # published documents no kept row has
+    reused_docs: int
+    reused_docs_published: int  # part of reused_docs: taken from the published version
+
+
+def diff_against_stored(kept: pa.Table, stored: pa.Table, published_sources: int) -> Diff:
+    """The incremental diff, in one place. kept: the deduped rows; stored: STORED_SCHEMA rows of
+    every reusable stored vector (ranked by source: the published version's files first, file
+    and row). A kept document whose (id, content_hash) is stored keeps its stored vectors, taken
+    from the best-ranked version (`group`) that holds all of them: every passage of a chunked
+    document (an interrupted run may have written only some), the one vector of an unchunked one.
+    Every other kept document is embedded."""
     matched = stored.join(kept.select(["id", "content_hash"]), keys=["id", "content_hash"], join_type="inner")
-    best = matched.group_by("id").aggregate([("rank", "min")]).rename_columns(["id", "rank"])
-    ranks = best.column("rank").to_numpy()
+    # each passage once per version (the best-ranked copy), then the versions that hold them all
+    passages = matched.group_by(["id", "group", "chunk"]).aggregate([("rank", "min"), ("chunks", "max")])
+    per_version = passages.group_by(["id", "group"]).aggregate([("chunk", "count"), ("chunks_max", "max")])
+    whole = per_version.filter(pc.equal(per_version.column("chunk_count"), per_version.column("chunks_max_max")))
+    best = whole.group_by("id").aggregate([("group", "min")]).rename_columns(["id", "group"])
+    chosen = passages.join(best, keys=["id", "group"], join_type="inner")
+    ranks = np.sort(chosen.column("rank_min").to_numpy()).astype(np.int64)
+    vector_ids = stored.filter(pc.is_in(stored.column("rank"), value_set=pa.array(ranks)))
+    vector_ids = vector_ids.sort_by("rank")  # aligned with `ranks`: both sorted, ranks are unique
     reused = pa.table({
         "source": pa.array(ranks >> ROW_BITS, pa.int32()), "row": pa.array(ranks & ROW_MASK, pa.int64()),
-        "id": best.column("id"),
-    }, schema=REUSE_SCHEMA).sort_by([("source", "ascending"), ("row", "ascending")])
+        "id": vector_ids.column("vector_id"),
+    }, schema=REUSE_SCHEMA)
     to_embed = kept.join(best.select(["id"]), "id", join_type="left anti")
     to_embed = to_embed.select(EMBED_SCHEMA.names).cast(EMBED_SCHEMA)
     to_embed = to_embed.sort_by([("file_index", "ascending"), ("row", "ascending")])
-    published = stored.filter(pc.less(stored.column("rank"), published_sources << ROW_BITS)).column("id")
-    deleted = int(pc.sum(pc.invert(pc.is_in(published, value_set=kept.column("id")))).as_py() or 0)
-    return to_embed, reused, deleted
+    first_published = stored.filter(pc.less(stored.column("rank"), published_sources << ROW_BITS)).column("id")
+    published_docs = pc.unique(first_published)
+    deleted = int(pc.sum(pc.invert(pc.is_in(published_docs, value_set=kept.column("id")))).as_py() or 0)
+    from_published = vector_ids.filter(pc.less(vector_ids.column("rank"), published_sources << ROW_BITS))
+    return Diff(to_embed, reused, deleted, best.num_rows, len(pc.unique(from_published.column("id"))))
 
 
 # ------------------------------------------------------------------ readers of the plan

@@ -23,7 +23,7 @@ import ray
 
 from ..sources import list_parquet_files
 from . import faults
-from .batch_udfs import INPUT_CHANGED, read_actor_stats, vectors_schema
+from .batch_udfs import INPUT_CHANGED, count_documents, read_actor_stats, vectors_schema
 from .config import EmbedConfig
 from .dataflow import (
     EncoderInfo,
@@ -118,15 +118,15 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         vectors_dir = version_dir / "vectors"
         embed_seconds = _embed(plan, cfg, encoder, where, vectors_dir, version_dir / "_stats")
         reused_tokens = copy_reused(plan.sources, plan.reused_by_source, plan.plan_dir, vectors_dir)
-        _check_vector_count(plan, version_dir)
+        written = _check_vector_count(plan, version_dir, chunked=cfg.chunking is not None)
         timings["embed"] = _lap(started, timings)
         faults.point("after_vectors")
 
-        index_info = _index(cfg, version_dir, encoder.dim, plan)
+        index_info = _index(cfg, version_dir, encoder.dim, plan, written)
         timings["index"] = _lap(started, timings)
         faults.point("after_index")
 
-        counts = _counts(plan, index_info)
+        counts = _counts(plan, index_info, chunked=cfg.chunking is not None)
         stats = read_actor_stats(version_dir / "_stats")
         shutil.rmtree(version_dir / "_stats", ignore_errors=True)
         _drop_plan_scratch(plan.plan_dir)
@@ -180,8 +180,11 @@ def _plan(cfg: EmbedConfig, layout: OutputLayout, previous: str | None, files: l
     encoder = None
     if encoder_ref is not None:
         encoder = ray.get(encoder_ref)
+        if encoder.chunking_problem:
+            raise ValueError(f"--chunk-tokens {cfg.chunk_tokens} --chunk-overlap {cfg.chunk_overlap}: "
+                             f"{encoder.chunking_problem}")
         identity = vector_identity(encoder.identity, encoder.dtype, effective_instruction(cfg, encoder),
-                                   cfg.title_column)
+                                   cfg.title_column, cfg.chunking)
         dim = encoder.dim
     else:
         identity = published_identity(layout, previous)
@@ -191,7 +194,8 @@ def _plan(cfg: EmbedConfig, layout: OutputLayout, previous: str | None, files: l
                                       "runs' vectors are matched by the encoder, which --plan-only does not load)")
     else:
         sources = reuse_sources(layout, previous, identity, cfg.store_text, incremental=cfg.incremental)
-    plan = finish_plan(scan_refs, files, sources, vectors_schema(dim, cfg.store_text), plan_dir, partitions,
+    stored_schema = vectors_schema(dim, cfg.store_text, cfg.chunking is not None)
+    plan = finish_plan(scan_refs, files, sources, stored_schema, plan_dir, partitions,
                        skip_bad_files=cfg.skip_bad_files, previous=previous, started=started)
     return plan, encoder, identity
 
@@ -221,12 +225,24 @@ def _messages(err: BaseException) -> str:
     return "\n".join(parts)
 
 
-def _check_vector_count(plan: PlanSummary, version_dir: Path) -> None:
-    """The vectors files (footers only) hold exactly the planned rows."""
-    written = sum(pq.ParquetFile(f).metadata.num_rows for f in vector_files_of(version_dir))
-    if written != plan.rows_planned:
-        raise RuntimeError(f"{INPUT_CHANGED}: {written:,} vectors written for {plan.rows_planned:,} planned rows; "
-                           f"nothing was published: run again once the input is stable")
+def _check_vector_count(plan: PlanSummary, version_dir: Path, *, chunked: bool) -> int:
+    """The vectors files hold exactly the planned documents (unchunked: their footers' row counts;
+    chunked: each document once with all of its passages, counted by a Ray task per file).
+    Returns the vectors written."""
+    files = vector_files_of(version_dir)
+    if not chunked:
+        written = docs = expected = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    else:
+        counted = ray.get([_count_documents_task.remote(str(f)) for f in files])
+        written, docs, expected = (sum(c[i] for c in counted) for i in range(3))
+    if docs != plan.rows_planned or written != expected:
+        passages = f" in {written:,} passages (their documents list {expected:,})" if chunked else ""
+        raise RuntimeError(f"{INPUT_CHANGED}: {docs:,} documents written{passages} for {plan.rows_planned:,} "
+                           f"planned; nothing was published: run again once the input is stable")
+    return written
+
+
+_count_documents_task = ray.remote(num_cpus=1)(count_documents)
 
 
 def _drop_plan_scratch(plan_dir: Path) -> None:
@@ -279,12 +295,13 @@ def _log_reuse(cfg: EmbedConfig, plan: PlanSummary) -> None:
                        len(plan.skipped_files))
 
 
-def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: PlanSummary) -> dict:
-    """Update the previous IVF index in place when the change is small, else build afresh."""
+def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: PlanSummary, vectors: int) -> dict:
+    """Update the previous IVF index in place when the change is small, else build afresh.
+    `vectors`: how many the new version holds (passages, when documents are split)."""
     sources = plan.sources
     previous_index = None if sources.repair else sources.previous_dir  # an incomplete version's index is not used
-    update, why = plan_index_update(previous_index, plan.rows_reused_published, plan.rows_planned, dim,
-                                    cfg.index, cfg.index_memory_bytes)
+    kept = sum(n for s, n in plan.reused_by_source.items() if s < sources.published_files)
+    update, why = plan_index_update(previous_index, kept, vectors, dim, cfg.index, cfg.index_memory_bytes)
     if sources.repair:
         why = sources.repair
     settings = {"recall_queries": cfg.recall_queries, "recall_target": cfg.recall_target, "seed": cfg.seed}
@@ -318,7 +335,7 @@ def _unchanged_counts(plan: PlanSummary, published: dict) -> dict:
         "rows_deleted": 0, "rows_quarantined": plan.rows_quarantined,
         "quarantine_by_reason": dict(plan.quarantine_by_reason), "rows_truncated": published["rows_truncated"],
         "files_read": len(plan.files), "files_skipped": len(plan.bad_files),
-    }
+    } | ({"passages_embedded": 0, "passages_reused": plan.passages_reused} if "passages_reused" in published else {})
 
 
 def _plan_counts(plan: PlanSummary) -> dict:
@@ -331,15 +348,16 @@ def _plan_counts(plan: PlanSummary) -> dict:
     }
 
 
-def _counts(plan: PlanSummary, index_info: dict) -> dict:
-    if index_info["count"] != plan.rows_planned:
+def _counts(plan: PlanSummary, index_info: dict, *, chunked: bool) -> dict:
+    """The manifest's counts: documents (rows_*), and passages when documents are split."""
+    if not chunked and index_info["count"] != plan.rows_planned:
         raise RuntimeError(
             f"{plan.rows_planned} rows were planned (embedded or reused) but the vectors hold {index_info['count']}: "
             f"refusing to publish an incomplete version"
         )
     counts = {
         "rows_read": plan.rows_read,
-        "rows_embedded": index_info["count"] - plan.rows_reused,
+        "rows_embedded": plan.rows_planned - plan.rows_reused,
         "rows_reused": plan.rows_reused,
         "rows_salvaged": plan.rows_salvaged,  # part of rows_reused: written by an interrupted run
         "rows_deleted": plan.rows_deleted,
@@ -349,6 +367,9 @@ def _counts(plan: PlanSummary, index_info: dict) -> dict:
         "files_read": len(plan.files),
         "files_skipped": len(plan.bad_files),
     }
+    if chunked:
+        counts["passages_embedded"] = index_info["count"] - plan.passages_reused
+        counts["passages_reused"] = plan.passages_reused
     if counts["rows_read"] != counts["rows_embedded"] + counts["rows_reused"] + counts["rows_quarantined"]:
         raise RuntimeError(f"row accounting does not add up: {counts}")
     return counts
@@ -386,6 +407,9 @@ def format_summary(result: EmbedResult, root: Path) -> str:
         f"  rows read {c['rows_read']:,} = embedded {c['rows_embedded']:,} + reused {c['rows_reused']:,}{salvaged} "
         f"+ quarantined "
         f"{c['rows_quarantined']:,} ({reasons}); deleted since the previous version: {deleted}",
+        *([f"  passages: embedded {c['passages_embedded']:,} + reused {c['passages_reused']:,} "
+           f"({m['chunking']['chunk_tokens']} tokens, overlap {m['chunking']['chunk_overlap']})"]
+          if "chunking" in m else []),
         f"  truncated texts: {c['rows_truncated']:,}; files skipped: {c['files_skipped']}",
         f"  tokens {t['tokens']:,} in {t['embed_stage_s']} s: {t['tokens_per_s'] or 0} tokens/s "
         f"({t['actors']} {t['device']} actor(s), padding {t['padding_share']:.1%})",
