@@ -201,3 +201,41 @@ def test_an_unchunked_index_answers_as_before_whatever_group_by(tmp_path):
                                                                                              group_by="passage")
     assert plain[0][0].id == "id0" and plain[0][0].to_dict().keys() == {"rank", "id", "score", "text"}
     assert Hit(1, "a", 0.5).to_dict() == {"rank": 1, "id": "a", "score": 0.5, "text": None}
+
+
+# ------------------------------------------------------------------ end to end: run_embed --chunk-tokens, then search
+def test_chunked_embed_then_grouped_search_and_the_cli(chunked_output, capsys):
+    from jobs import search as job
+    from pipelines.embed import OutputLayout
+
+    output, texts = chunked_output
+    version = OutputLayout(output).current_dir()
+    vectors = pq.read_table(next((version / "vectors").glob("*.parquet")))
+    assert pq.read_table(version / "id_map.parquet").column_names[-1] == "doc_id"
+    passages = [row for row in vectors.to_pylist() if row["chunks"] > 2]
+    assert passages, "the documents were not split: lower chunk_tokens in the chunked_output fixture"
+    target = passages[len(passages) // 2]  # a passage from inside a document
+    doc, chunk = target["doc_id"], target["chunk"]
+    assert target["text"] == texts[doc][target["char_start"]:target["char_end"]]
+
+    index = CorpusIndex.open(output)
+    assert index.chunked and index.grouping() == "doc"
+    hits = index.search(target["text"], k=5)[0]
+    assert len(hits) == 5 and len({h.id for h in hits}) == 5 and {h.id for h in hits} <= set(texts)
+    best = hits[0]
+    assert (best.id, best.doc_id, best.passage_id, best.chunk) == (doc, doc, f"{doc}#{chunk}", chunk)
+    assert (best.char_start, best.char_end, best.text) == (target["char_start"], target["char_end"], target["text"])
+    assert best.score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+    assert job.main(["--index", str(output), "--query", target["text"], "--k", "3", "--json"]) == 0
+    as_docs = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert as_docs["group_by"] == "doc" and [h["id"] for h in as_docs["hits"]] == [h.id for h in hits[:3]]
+    assert job.main(["--index", str(output), "--query", target["text"], "--k", "12", "--json",
+                     "--group-by", "passage"]) == 0
+    as_passages = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert as_passages["group_by"] == "passage" and len(as_passages["hits"]) == 12
+    assert as_passages["hits"][0]["id"] == f"{doc}#{chunk}" == as_passages["hits"][0]["passage_id"]
+    assert len({h["doc_id"] for h in as_passages["hits"]}) < 12  # passages of one document come back apart
+    assert job.main(["--index", str(output), "--query", target["text"], "--k", "1"]) == 0
+    assert f"{doc}  [passage {chunk}, chars {target['char_start']}-{target['char_end']}]" in capsys.readouterr().out

@@ -224,6 +224,34 @@ def test_search_page_in_headless_chromium(service, tmp_path):
 
 
 # ---------------------------------------------------------------------- following publishes
+def test_a_chunked_version_answers_with_documents_or_passages(service, chunked_output):
+    """A version of passages (--chunk-tokens, same encoder) is published: /search groups them by
+    document unless group_by says "passage"; then the unchunked version is published back."""
+    import pyarrow.parquet as pq
+
+    before = health(service)["version"]
+    output, texts = chunked_output
+    chunked = OutputLayout(output).current_dir()
+    target = pq.read_table(next((chunked / "vectors").glob("*.parquet"))).to_pylist()[4]
+    name = publish_copy(service.output, chunked)
+    try:
+        body = wait_for(lambda: (b := health(service))["version"] == name and b, timeout=60, what=f"{name} served")
+        assert body["chunking"] == {"chunk_tokens": 32, "chunk_overlap": 0}
+        docs = call(service.url, "/search", {"query": target["text"], "k": 3})
+        assert docs.status == 200 and docs.body["group_by"] == "doc", docs.body
+        hits = docs.body["results"][0]["hits"]
+        assert len({h["id"] for h in hits}) == 3 and hits[0]["id"] == hits[0]["doc_id"] == target["doc_id"]
+        assert {k: hits[0][k] for k in ("passage_id", "chunk", "char_start", "char_end", "text")} == {
+            "passage_id": target["id"], "chunk": target["chunk"], "char_start": target["char_start"],
+            "char_end": target["char_end"], "text": target["text"]}
+        passages = call(service.url, "/search", {"query": target["text"], "k": 10, "group_by": "passage"}).body
+        assert passages["group_by"] == "passage" and passages["results"][0]["hits"][0]["id"] == target["id"]
+        assert len(passages["results"][0]["hits"]) == 10 and len(texts) == 8  # more passages than documents
+    finally:
+        OutputLayout(service.output).publish(before)
+        wait_for(lambda: health(service)["version"] == before, timeout=60, what=f"{before} served again")
+
+
 def test_swap_under_load_no_failures_and_answers_move(service, tmp_path, ray_session):
     """A version built with another encoder (seed 1) is published while 4 clients query: every
     answer is whole (the top hit is the query's own document with score 1, which only holds when
