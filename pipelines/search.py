@@ -159,12 +159,13 @@ class CorpusIndex:
 
     def _best_passage_per_document(self, vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(id-map positions of the best passages, their scores) of each query's top-k documents,
-        a document scoring its best passage. Asks the index for k * OVERFETCH passages, and four
-        times more for the queries that found fewer than k documents, while the index has more."""
+        a document scoring its best passage. Asks the index for k * OVERFETCH passages; a query
+        whose passages came from fewer than k documents asks again, for as many more as the
+        documents found so far suggest (at least twice as many), while the index has more."""
         found: list = [None] * len(vectors)
         pending, fetch = np.arange(len(vectors)), min(self.index.ntotal, k * OVERFETCH)
         while len(pending):
-            short = []
+            short, wanted = [], 2 * fetch
             for q, (positions, scores) in zip(pending, self._top_k(vectors[pending], fetch)):
                 # the index answers best first: a document's first passage in the list is its best
                 _, first = np.unique(self._doc_codes[positions], return_index=True)
@@ -173,7 +174,9 @@ class CorpusIndex:
                 exhausted = fetch >= self.index.ntotal or len(positions) < fetch  # nothing more to find
                 if len(best) < k and not exhausted:
                     short.append(q)
-            pending, fetch = np.array(short, dtype=np.int64), min(self.index.ntotal, fetch * 4)
+                    # passages per document found so far, times k documents, and half again
+                    wanted = max(wanted, int(1.5 * fetch * k / len(best)))
+            pending, fetch = np.array(short, dtype=np.int64), min(self.index.ntotal, wanted)
         return found
 
     def _hit(self, rank: int, pos: int, score: float, stored: dict, grouping: str | None) -> Hit:
