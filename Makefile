@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile deploy/install.sh
 # lint first (seconds), then every test but the GPU ones
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu" --durations=15 $(PYTEST_ARGS)
 
 # the fast subset: no real default model, no multi-worker Ray Train
 test-fast: $(STAMP)

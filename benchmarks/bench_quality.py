@@ -3,6 +3,7 @@
     python benchmarks/bench_quality.py --config jobs/configs/cpu_quality.yaml --seeds 1,2,3
     python benchmarks/bench_quality.py --config jobs/configs/cpu_quality.yaml --seeds 1,2,3 \\
         --mntp-steps 100 --stages mntp --split dev --limit 400 --tasks stsb    # a short look, dev only
+    python benchmarks/bench_quality.py --config jobs/configs/cpu_supervised.yaml --seeds 1,2,3   # + supervised (SNLI pairs)
     python benchmarks/bench_quality.py --quick     # the tiny random model on a tiny corpus: the plumbing
 
 For every seed, the whole chain of `jobs/adapt.py` (`run_chain`, Ray Train) runs with that seed in
@@ -43,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base-model", help="model name or folder (default: the profile's)")
     p.add_argument("--corpus", default=str(SHARED / "wikitext2" / "wiki.test.raw"))
     p.add_argument("--simcse-corpus", default=str(SHARED / "wiki1m_prefix" / "wiki1m_for_simcse.first11914.txt"))
+    p.add_argument("--pairs", default=str(SHARED / "snli_pairs" / "snli_pairs.parquet"),
+                   help="query/positive pairs of the supervised stage")
     p.add_argument("--stsb", default=str(SHARED / "stsb"), help="folder with sts-<split>.csv")
     p.add_argument("--scifact", default=str(SHARED / "scifact"), help="BEIR SciFact folder")
     p.add_argument("--split", default="test", choices=["test", "dev"], help="STS-B split (dev to choose settings)")
@@ -81,7 +84,7 @@ def seeded_config(args, seed: int):
         raw["stages"] = args.stages.split(",")
     if args.base_model:
         raw["base_model"] = args.base_model
-    for stage in ("mntp", "simcse"):
+    for stage in ("mntp", "simcse", "supervised"):
         raw[stage]["seed"] = seed
         if args.autocast_bf16:
             raw[stage]["autocast_bf16"] = args.autocast_bf16 == "true"
@@ -183,7 +186,9 @@ def run(args, work: Path) -> dict:
     for seed in seeds:
         config = seeded_config(args, seed)
         start = time.perf_counter()
-        summary = run_chain(config, corpus=args.corpus, output=work / f"seed-{seed}", simcse_corpus=args.simcse_corpus)
+        pairs = args.pairs if "supervised" in config.stages else None
+        summary = run_chain(config, corpus=args.corpus, output=work / f"seed-{seed}", simcse_corpus=args.simcse_corpus,
+                            pairs=pairs)
         record = {"seed": seed, "train_s": round(time.perf_counter() - start, 1),
                   **{f"{s['name']}_final_loss": s.get("final_loss") for s in summary["stages"][1:]}}
         kwargs = dict(stsb=args.stsb, scifact=args.scifact, split=args.split, tasks=tasks, limit=args.limit,

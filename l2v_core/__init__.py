@@ -9,6 +9,7 @@ from .bidirectional import (
     probe_is_bidirectional,
     set_attention_mode,
 )
+from .chunking import Passage, check_chunking, split_document
 from .default_model import DEFAULT_MODEL_NAME, default_model_dir
 from .device import pick_device_and_dtype
 from .encoder import Encoder
@@ -24,9 +25,11 @@ __all__ = [
     "TESTED_MODEL_TYPES",
     "Encoder",
     "EncoderSettings",
+    "Passage",
     "TokenizedBatch",
     "UnsupportedArchitectureError",
     "backbone_of",
+    "check_chunking",
     "check_texts",
     "default_model_dir",
     "disable_bidirectional",
@@ -41,6 +44,7 @@ __all__ = [
     "probe_is_bidirectional",
     "resolve_model_path",
     "set_attention_mode",
+    "split_document",
     "tokenize_texts",
     "weights_sha256",
 ]

@@ -142,3 +142,12 @@ def test_a_window_larger_than_the_encoder_is_refused_before_embedding(first, tin
     with pytest.raises(ValueError, match="--chunk-tokens 4096.*max_length"):
         run_embed(cfg)
     assert not any((tmp_path / "out" / "versions").glob("*/manifest.json"))
+
+
+def test_the_command_line_sets_the_chunk_settings():
+    from jobs.embed_corpus import config_from_args, parse_args
+
+    cfg = config_from_args(parse_args(["--input", "x", "--output", "y", "--chunk-tokens", "64",
+                                       "--chunk-overlap", "8"]))
+    assert cfg.chunking == {"chunk_tokens": 64, "chunk_overlap": 8}
+    assert config_from_args(parse_args(["--input", "x", "--output", "y"])).chunking is None
