@@ -190,7 +190,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_search_page_in_headless_chromium(service, tmp_path):
+def search_in_page(service, query: str, k: int, screenshot: Path | None = None) -> tuple[list[str], list[str], str]:
+    """Search from the page in headless Chromium (typing the API key it asks for): the hits'
+    meta lines and texts, and the version the page shows. Skips where Chromium or playwright is missing."""
     if not Path(CHROMIUM).exists():
         pytest.skip(
             f"Debian's chromium is not installed at {CHROMIUM} "
@@ -208,18 +210,24 @@ def test_search_page_in_headless_chromium(service, tmp_path):
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
             page.wait_for_function("document.getElementById('version').textContent !== '?'")
-            page.fill("#query", TEXTS[7])
-            page.fill("#k", "3")
+            page.fill("#query", query)
+            page.fill("#k", str(k))
             page.click("#go")
             page.wait_for_selector("li.hit")
             hits = page.locator("li.hit")
-            assert hits.count() == 3
-            assert ("a7" in hits.nth(0).locator(".meta").inner_text()
-                    and hits.nth(0).locator(".text").inner_text() == TEXTS[7])
-            assert page.inner_text("#version") == health(service)["version"]
-            page.screenshot(path=str(tmp_path / "search-page.png"), full_page=True)
+            metas = [hits.nth(i).locator(".meta").inner_text() for i in range(hits.count())]
+            texts = [hits.nth(i).locator(".text").inner_text() for i in range(hits.count())]
+            if screenshot is not None:
+                page.screenshot(path=str(screenshot), full_page=True)
+            return metas, texts, page.inner_text("#version")
         finally:
             browser.close()
+
+
+def test_search_page_in_headless_chromium(service, tmp_path):
+    metas, texts, version = search_in_page(service, TEXTS[7], 3, screenshot=tmp_path / "search-page.png")
+    assert len(metas) == 3 and "a7" in metas[0] and texts[0] == TEXTS[7]
+    assert version == health(service)["version"]
     assert (tmp_path / "search-page.png").stat().st_size > 1000
 
 
@@ -247,6 +255,9 @@ def test_a_chunked_version_answers_with_documents_or_passages(service, chunked_o
         passages = call(service.url, "/search", {"query": target["text"], "k": 10, "group_by": "passage"}).body
         assert passages["group_by"] == "passage" and passages["results"][0]["hits"][0]["id"] == target["id"]
         assert len(passages["results"][0]["hits"]) == 10 and len(texts) == 8  # more passages than documents
+        metas, shown, _ = search_in_page(service, target["text"], 3)  # the page shows the best passage's span
+        assert metas[0].startswith(f"1. {target['doc_id']} score ") and shown[0] == target["text"]  # spaces collapsed
+        assert metas[0].endswith(f"passage {target['chunk']}, chars {target['char_start']}-{target['char_end']}")
     finally:
         OutputLayout(service.output).publish(before)
         wait_for(lambda: health(service)["version"] == before, timeout=60, what=f"{before} served again")
