@@ -3,7 +3,7 @@
     python benchmarks/bench_quality.py --config jobs/configs/cpu_quality.yaml --seeds 1,2,3
     python benchmarks/bench_quality.py --config jobs/configs/cpu_quality.yaml --seeds 1,2,3 \\
         --mntp-steps 100 --stages mntp --split dev --limit 400 --tasks stsb    # a short look, dev only
-    python benchmarks/bench_quality.py --config jobs/configs/cpu_supervised.yaml --seeds 1,2,3   # + supervised (SNLI pairs)
+    python benchmarks/bench_quality.py --config jobs/configs/cpu_supervised.yaml --seeds 1,2,3  # + SNLI pairs
     python benchmarks/bench_quality.py --quick     # the tiny random model on a tiny corpus: the plumbing
 
 For every seed, the whole chain of `jobs/adapt.py` (`run_chain`, Ray Train) runs with that seed in
