@@ -8,6 +8,11 @@ the same weights). Queries get the encoder's 'query' instruction unless --instru
 (--instruction "" for none). Plain output is one line per hit; an id with a newline or another
 invisible character is shown quoted and escaped ('a\\nb'); --json gives ids exactly.
 
+An index built with --chunk-tokens holds passages: hits are documents by default (--group-by
+doc: each document scores its best passage and shows that passage's chunk number, character
+span in the document and text); --group-by passage lists the passages themselves. An index
+without chunking answers the same either way.
+
 On a cluster (the index folder on shared storage):
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/search.py --index /shared/index --query "..." --json
@@ -36,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--instruction", default=None,
                    help="instruction before each query (default: the encoder's 'query' one)")
     p.add_argument("--model", help="encoder folder, when it moved since the index was built")
+    p.add_argument("--group-by", choices=["doc", "passage"], default=None,
+                   help="on a chunked index: one hit per document (its best passage) or per passage "
+                        "(default: doc; an unchunked index has one vector per document either way)")
     p.add_argument("--json", action="store_true", help="one JSON object per query")
     args = p.parse_args(argv)
     if args.k < 1:
@@ -53,8 +61,9 @@ def format_hit(hit) -> str:
     """One line per hit: an id with a newline or another unprintable character is shown as its
     Python literal ('a\\nb'), so a hit never spans two lines or hides its id."""
     shown_id = hit.id if hit.id.isprintable() else repr(hit.id)
+    passage = "" if hit.chunk is None else f"  [passage {hit.chunk}, chars {hit.char_start}-{hit.char_end}]"
     text = "" if hit.text is None else "  " + " ".join(hit.text.split())[:100]
-    return f"  {hit.rank:>2}. {hit.score:.4f}  {shown_id}{text}"
+    return f"  {hit.rank:>2}. {hit.score:.4f}  {shown_id}{passage}{text}"
 
 
 def run(argv=None) -> int:
@@ -65,9 +74,11 @@ def run(argv=None) -> int:
         index = CorpusIndex.open(args.index, model=args.model)
     except ValueError as err:  # a damaged output or another encoder: the message names it and the fix
         raise UsageError(str(err)) from err
-    for query, hits in zip(args.query, index.search(args.query, args.k, args.instruction)):
+    grouping = index.grouping(args.group_by)  # None: an unchunked index
+    for query, hits in zip(args.query, index.search(args.query, args.k, args.instruction, group_by=args.group_by)):
         if args.json:
-            print(json.dumps({"query": query, "version": index.version, "hits": [h.to_dict() for h in hits]}))
+            line = {"query": query, "version": index.version} | ({"group_by": grouping} if grouping else {})
+            print(json.dumps(line | {"hits": [h.to_dict() for h in hits]}))
             continue
         print(f"\nquery: {query}")
         for hit in hits:

@@ -2,6 +2,7 @@
 
     python jobs/serve.py --index out/index                       # http://127.0.0.1:8000/
     curl -s localhost:8000/search -d '{"query": "how do glaciers move?", "k": 3}'
+    curl -s localhost:8000/search -d '{"query": "glaciers", "group_by": "passage"}'  # chunked index: passages
 
 The service follows the index: each new version the nightly job publishes is loaded in the
 background and swapped in atomically. The same application runs under `serve run` or a Serve

@@ -81,3 +81,27 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chunked_output(ray_session, tiny_encoder_dir, tmp_path_factory):
+    """A published output of 8 long documents split into passages of at most 32 tokens by the real
+    pipeline (tiny encoder): (output folder, {doc id: text}). Shared by the search and serve tests."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embed_helpers import TOPICS, small_config
+
+    from pipelines.embed import run_embed
+
+    texts = {
+        f"long{d}": "\n\n".join(
+            f"Part {p} of report {d}: the {TOPICS[(d + p) % 10]} met the {TOPICS[(d * 3 + p * 7) % 10]} "
+            f"near mile {d * 100 + p * 17}. It was {TOPICS[(p * 5 + d) % 10]} season again."
+            for p in range(6))
+        for d in range(8)
+    }
+    corpus = tmp_path_factory.mktemp("long_corpus")
+    pq.write_table(pa.table({"id": list(texts), "text": list(texts.values())}), corpus / "part-0.parquet")
+    output = tmp_path_factory.mktemp("chunked_out")
+    run_embed(small_config(corpus, output, tiny_encoder_dir, chunk_tokens=32))
+    return output, texts

@@ -120,3 +120,6 @@ def test_plain_output_keeps_each_hit_on_one_line():
     line = job.format_hit(Hit(1, "two\nlines", 0.5, "some\ntext"))
     assert "\n" not in line and "'two\\nlines'" in line and "some text" in line
     assert job.format_hit(Hit(2, "plain-id", 0.25)).split() == ["2.", "0.2500", "plain-id"]
+    passage = Hit(3, "doc4", 0.5, "the passage", doc_id="doc4", passage_id="doc4#2", chunk=2, char_start=90,
+                  char_end=160)
+    assert job.format_hit(passage) == "   3. 0.5000  doc4  [passage 2, chars 90-160]  the passage"

@@ -88,6 +88,9 @@ def test_search_answers_with_hits_and_the_version(service):
     assert first[0]["id"] == "a3" and first[0]["score"] == pytest.approx(1.0, abs=1e-4) and first[0]["text"] == TEXTS[3]
     assert body["results"][1]["hits"][0]["id"] == "a11"
     assert call(service.url, "/search", {"query": TEXTS[5], "k": 200 // 4}).body["results"][0]["hits"][-1]["rank"] == N
+    # an unchunked index has one vector per document: group_by changes nothing, hits keep their fields
+    passages = call(service.url, "/search", {"queries": [TEXTS[3], TEXTS[11]], "k": 4, "group_by": "passage"})
+    assert passages.status == 200 and passages.body == body and "group_by" not in body
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_rows(service, tiny_encoder_dir):
@@ -150,6 +153,7 @@ BAD = [
     ("/search", {"query": "a", "k": "3"}, {}, 400, "'k'"),
     ("/search", {"query": "a", "k": True}, {}, 400, "'k'"),
     ("/search", {"query": "a", "topk": 3}, {}, 400, "unknown field 'topk'"),
+    ("/search", {"query": "a", "group_by": "document"}, {}, 400, "'group_by'"),
     ("/search", {"queries": ["q"] * 17}, {}, 400, "at most 16"),
     ("/search", {"query": "x" * 70_000}, {}, 413, "at most 65536"),
     ("/v1/embeddings", {"input": "a"}, {}, 400, "'model'"),
@@ -186,7 +190,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_search_page_in_headless_chromium(service, tmp_path):
+def search_in_page(service, query: str, k: int, screenshot: Path | None = None) -> tuple[list[str], list[str], str]:
+    """Search from the page in headless Chromium (typing the API key it asks for): the hits'
+    meta lines and texts, and the version the page shows. Skips where Chromium or playwright is missing."""
     if not Path(CHROMIUM).exists():
         pytest.skip(
             f"Debian's chromium is not installed at {CHROMIUM} "
@@ -204,22 +210,59 @@ def test_search_page_in_headless_chromium(service, tmp_path):
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
             page.wait_for_function("document.getElementById('version').textContent !== '?'")
-            page.fill("#query", TEXTS[7])
-            page.fill("#k", "3")
+            page.fill("#query", query)
+            page.fill("#k", str(k))
             page.click("#go")
             page.wait_for_selector("li.hit")
             hits = page.locator("li.hit")
-            assert hits.count() == 3
-            assert ("a7" in hits.nth(0).locator(".meta").inner_text()
-                    and hits.nth(0).locator(".text").inner_text() == TEXTS[7])
-            assert page.inner_text("#version") == health(service)["version"]
-            page.screenshot(path=str(tmp_path / "search-page.png"), full_page=True)
+            metas = [hits.nth(i).locator(".meta").inner_text() for i in range(hits.count())]
+            texts = [hits.nth(i).locator(".text").inner_text() for i in range(hits.count())]
+            if screenshot is not None:
+                page.screenshot(path=str(screenshot), full_page=True)
+            return metas, texts, page.inner_text("#version")
         finally:
             browser.close()
+
+
+def test_search_page_in_headless_chromium(service, tmp_path):
+    metas, texts, version = search_in_page(service, TEXTS[7], 3, screenshot=tmp_path / "search-page.png")
+    assert len(metas) == 3 and "a7" in metas[0] and texts[0] == TEXTS[7]
+    assert version == health(service)["version"]
     assert (tmp_path / "search-page.png").stat().st_size > 1000
 
 
 # ---------------------------------------------------------------------- following publishes
+def test_a_chunked_version_answers_with_documents_or_passages(service, chunked_output):
+    """A version of passages (--chunk-tokens, same encoder) is published: /search groups them by
+    document unless group_by says "passage"; then the unchunked version is published back."""
+    import pyarrow.parquet as pq
+
+    before = health(service)["version"]
+    output, texts = chunked_output
+    chunked = OutputLayout(output).current_dir()
+    target = pq.read_table(next((chunked / "vectors").glob("*.parquet"))).to_pylist()[4]
+    name = publish_copy(service.output, chunked)
+    try:
+        body = wait_for(lambda: (b := health(service))["version"] == name and b, timeout=60, what=f"{name} served")
+        assert body["chunking"] == {"chunk_tokens": 32, "chunk_overlap": 0}
+        docs = call(service.url, "/search", {"query": target["text"], "k": 3})
+        assert docs.status == 200 and docs.body["group_by"] == "doc", docs.body
+        hits = docs.body["results"][0]["hits"]
+        assert len({h["id"] for h in hits}) == 3 and hits[0]["id"] == hits[0]["doc_id"] == target["doc_id"]
+        assert {k: hits[0][k] for k in ("passage_id", "chunk", "char_start", "char_end", "text")} == {
+            "passage_id": target["id"], "chunk": target["chunk"], "char_start": target["char_start"],
+            "char_end": target["char_end"], "text": target["text"]}
+        passages = call(service.url, "/search", {"query": target["text"], "k": 10, "group_by": "passage"}).body
+        assert passages["group_by"] == "passage" and passages["results"][0]["hits"][0]["id"] == target["id"]
+        assert len(passages["results"][0]["hits"]) == 10 and len(texts) == 8  # more passages than documents
+        metas, shown, _ = search_in_page(service, target["text"], 3)  # the page shows the best passage's span
+        assert metas[0].startswith(f"1. {target['doc_id']} score ") and shown[0] == target["text"]  # spaces collapsed
+        assert metas[0].endswith(f"passage {target['chunk']}, chars {target['char_start']}-{target['char_end']}")
+    finally:
+        OutputLayout(service.output).publish(before)
+        wait_for(lambda: health(service)["version"] == before, timeout=60, what=f"{before} served again")
+
+
 def test_swap_under_load_no_failures_and_answers_move(service, tmp_path, ray_session):
     """A version built with another encoder (seed 1) is published while 4 clients query: every
     answer is whole (the top hit is the query's own document with score 1, which only holds when

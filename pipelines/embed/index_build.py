@@ -5,8 +5,9 @@ Cosine similarity: vectors are L2-normalized by the encoder, the index uses inne
 the vectors twice (a sample for training and recall queries, then the adds), never holding the
 whole corpus as one array besides the index itself. faiss ids are positions in that stream
 (after an in-place update, `index_update.py`, they are not: kept vectors keep their old ids);
-the id map (`id_map.parquet`: faiss_id, id, file, row) leads back to the corpus id and to the
-row in the vectors parquet (where the text is, when stored). A run builds the index on Ray
+the id map (`id_map.parquet`: faiss_id, id, file, row, and doc_id when the vectors are passages
+of chunked documents) leads back to the corpus id and to the row in the vectors parquet (where
+the text is, when stored). `IdMapWriter` owns that file's format. A run builds the index on Ray
 workers (`index_shards.py`: sample, train, add in shards, merge) out of the pieces defined here.
 """
 
@@ -38,6 +39,8 @@ RECALL_K = 10
 HNSW_M = 32
 PQ_PLATEAU = 0.005  # IVF-PQ tuning stops when doubling nprobe gains less recall@10 than this
 ID_MAP_SCHEMA = pa.schema([("faiss_id", pa.int64()), ("id", pa.string()), ("file", pa.string()), ("row", pa.int64())])
+DOC_ID = "doc_id"  # vectors of chunked documents: one row per passage, `id` the passage's, `doc_id` its document's
+VECTOR_COLUMNS = ["id", "embedding", "n_tokens", "truncated"]  # what the adds read from the vectors (+ doc_id)
 
 
 @dataclass
@@ -132,6 +135,58 @@ def iter_chunks(
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns):
             yield file_index, row, batch
             row += batch.num_rows
+
+
+def has_doc_ids(files: list[Path]) -> bool:
+    """Whether the vectors are passages (a `doc_id` column): all files or none, from the footers."""
+    flags = {DOC_ID in pq.read_schema(f).names for f in files}
+    if len(flags) > 1:
+        raise ValueError(f"some vectors files of {Path(files[0]).parent} have a {DOC_ID} column and some do not: "
+                         "chunked and unchunked vectors cannot share an index; rebuild without --incremental")
+    return flags == {True}
+
+
+def vector_columns(files: list[Path]) -> list[str]:
+    """The columns the index adds read from `files` (doc_id too when they hold passages)."""
+    return VECTOR_COLUMNS + ([DOC_ID] if has_doc_ids(files) else [])
+
+
+class IdMapWriter:
+    """Writes `id_map.parquet` (or a shard's part of it): one row per vector, in add order.
+
+    Columns: faiss_id, id, file (the vectors file, relative to the version), row (in that file),
+    and doc_id when the vectors are passages (so search groups by document without another read).
+    """
+
+    def __init__(self, path: Path, chunked: bool):
+        self.schema = id_map_schema(chunked)
+        self._writer = pq.ParquetWriter(path, self.schema)
+
+    def write(self, faiss_ids: np.ndarray, batch: pa.RecordBatch, file_name: str, first_row: int) -> None:
+        columns = {
+            "faiss_id": faiss_ids, "id": batch.column("id"),
+            "file": pa.array([f"vectors/{file_name}"] * len(faiss_ids), pa.string()),
+            "row": np.arange(first_row, first_row + len(faiss_ids), dtype=np.int64),
+        }
+        if DOC_ID in self.schema.names:
+            columns[DOC_ID] = batch.column(DOC_ID)
+        self._writer.write_table(pa.table(columns, schema=self.schema))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def id_map_schema(chunked: bool) -> pa.Schema:
+    return ID_MAP_SCHEMA.append(pa.field(DOC_ID, pa.string())) if chunked else ID_MAP_SCHEMA
+
+
+def concat_id_maps(parts: list[Path], target: Path) -> None:
+    """One id map from the parts written by shards (same schema, in shard order)."""
+    schema = pq.read_schema(parts[0]) if parts else ID_MAP_SCHEMA
+    with pq.ParquetWriter(target, schema) as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=CHUNK_ROWS * 4):
+                writer.write_batch(batch)
 
 
 def as_matrix(column: pa.Array, dim: int) -> np.ndarray:
@@ -270,31 +325,29 @@ def append_in_order(index, spec: IndexSpec, position: int = 0):
 def stream_vectors(files, dim, version_dir: Path, queries: np.ndarray, place):
     """Pass 2 over every chunk: `place(ids, vectors)` adds what the index lacks and returns each
     row's faiss id; writes the id map and keeps the exact top-k of the recall queries."""
-    chunks = iter_chunks(files, ["id", "embedding", "n_tokens", "truncated"])
-    return stream_chunks(chunks, files, dim, version_dir / ID_MAP_FILE, queries, place)
+    columns = vector_columns(files)
+    chunks = iter_chunks(files, columns)
+    return stream_chunks(chunks, files, dim, version_dir / ID_MAP_FILE, queries, place, chunked=DOC_ID in columns)
 
 
-def stream_chunks(chunks, files, dim, id_map_path: Path, queries: np.ndarray, place):
-    """`stream_vectors` over any (file index, first row, batch) chunks: a whole corpus, or the
-    row range of one shard (`index_shards.py`). Returns ((exact ids, exact scores), totals)."""
+def stream_chunks(chunks, files, dim, id_map_path: Path, queries: np.ndarray, place, chunked: bool = False):
+    """`stream_vectors` over any (file index, first row, batch) chunks (columns: VECTOR_COLUMNS,
+    plus doc_id when `chunked`): a whole corpus, or the row range of one shard
+    (`index_shards.py`). Returns ((exact ids, exact scores), totals)."""
     k = RECALL_K
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     totals = {"tokens": 0, "truncated": 0}
-    writer = pq.ParquetWriter(id_map_path, ID_MAP_SCHEMA)
+    writer = IdMapWriter(id_map_path, chunked)
     try:
         for file_index, first_row, batch in chunks:
-            vectors = as_matrix(batch.column(1), dim)
-            ids = place(batch.column(0), vectors)
+            vectors = as_matrix(batch.column("embedding"), dim)
+            ids = place(batch.column("id"), vectors)
             if len(queries) and len(vectors):
                 best_scores, best_ids = merge_top_k(best_scores, best_ids, *exact_top_k(queries, vectors, ids, k), k)
-            writer.write_table(pa.table({
-                "faiss_id": ids, "id": batch.column(0),
-                "file": pa.array([f"vectors/{Path(files[file_index]).name}"] * len(ids), pa.string()),
-                "row": np.arange(first_row, first_row + len(ids), dtype=np.int64),
-            }, schema=ID_MAP_SCHEMA))
-            totals["tokens"] += int(np.asarray(batch.column(2)).sum())
-            totals["truncated"] += int(np.asarray(batch.column(3)).sum())
+            writer.write(ids, batch, Path(files[file_index]).name, first_row)
+            totals["tokens"] += int(np.asarray(batch.column("n_tokens")).sum())
+            totals["truncated"] += int(np.asarray(batch.column("truncated")).sum())
     finally:
         writer.close()
     return (best_ids, best_scores), totals

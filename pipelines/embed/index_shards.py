@@ -62,20 +62,23 @@ import ray
 from . import faults
 from .index_build import (
     CHUNK_ROWS,
+    DOC_ID,
     ID_MAP_FILE,
-    ID_MAP_SCHEMA,
     RECALL_K,
+    VECTOR_COLUMNS,
     IndexSpec,
     append_in_order,
     as_matrix,
     build_index,
     choose_index,
+    concat_id_maps,
     finish_index,
     merge_top_k,
     new_index,
     sample_rows,
     stream_chunks,
     train_index,
+    vector_columns,
     vector_files,
 )
 from .index_update import update_index
@@ -85,7 +88,6 @@ logger = logging.getLogger(__name__)
 SHARDS_DIR = "_index_shards"
 MIN_SHARD_ROWS = 100_000  # below this per shard, task start-up and the merge outweigh the parallel adds
 SHARD_RETRIES = 2  # a shard task whose worker dies (OOM kill, lost node) is run again this often
-COLUMNS = ["id", "embedding", "n_tokens", "truncated"]
 
 
 class IndexBuildError(RuntimeError):
@@ -94,11 +96,13 @@ class IndexBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class VectorsLayout:
-    """The vectors files and the row count of each of their row groups (from the footers)."""
+    """The vectors files, the row count of each of their row groups and the columns the adds read
+    (from the footers)."""
 
     vectors_dir: Path
     names: tuple[str, ...]
     row_groups: tuple[tuple[int, ...], ...]
+    columns: tuple[str, ...] = tuple(VECTOR_COLUMNS)
 
     @property
     def total(self) -> int:
@@ -270,7 +274,7 @@ def read_layout(vectors_dir: Path) -> VectorsLayout:
     for path in files:
         meta = pq.ParquetFile(path).metadata
         groups.append(tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups)))
-    return VectorsLayout(Path(vectors_dir), tuple(p.name for p in files), tuple(groups))
+    return VectorsLayout(Path(vectors_dir), tuple(p.name for p in files), tuple(groups), tuple(vector_columns(files)))
 
 
 def plan_workers(n: int, kind: str, shards: int | None = None) -> WorkerPlan:
@@ -391,8 +395,9 @@ def add_shard(trained: np.ndarray, spec: IndexSpec, layout: VectorsLayout, shard
         return faiss_ids
 
     id_map_file, index_file = shard_dir / f"{name}.id_map.parquet", shard_dir / f"{name}.faiss"
-    chunks = iter_range(layout, shard.start, shard.stop, COLUMNS)
-    exact, totals = stream_chunks(chunks, layout.names, dim, shard_dir / f"{name}.id_map.tmp", queries, place)
+    chunks = iter_range(layout, shard.start, shard.stop, list(layout.columns))
+    exact, totals = stream_chunks(chunks, layout.names, dim, shard_dir / f"{name}.id_map.tmp", queries, place,
+                                  chunked=DOC_ID in layout.columns)
     if index.ntotal != shard.stop - shard.start:
         raise RuntimeError(f"shard {shard.index} read {index.ntotal} vectors, its range holds "
                            f"{shard.stop - shard.start}: a vectors file changed during the build?")
@@ -421,18 +426,11 @@ def merge_shards(version_dir: Path, spec: IndexSpec, results: list[ShardResult],
     best_ids = np.full((len(queries), k), -1, dtype=np.int64)
     for result in results:
         best_scores, best_ids = merge_top_k(best_scores, best_ids, result.exact_scores, result.exact_ids, k)
-    _concat_parquet([r.id_map_file for r in results], version_dir / ID_MAP_FILE)
+    concat_id_maps([r.id_map_file for r in results], version_dir / ID_MAP_FILE)
     totals = {"tokens": sum(r.tokens for r in results), "truncated": sum(r.truncated for r in results)}
     steps = {**extra["steps_s"], "merge": round(time.perf_counter() - merging, 3)}
     return finish_index(index, spec, version_dir, queries, (best_ids, best_scores), totals, recall_target, start,
                         {**extra, "steps_s": steps})
-
-
-def _concat_parquet(parts: list[Path], target: Path) -> None:
-    with pq.ParquetWriter(target, ID_MAP_SCHEMA) as writer:
-        for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=CHUNK_ROWS * 4):
-                writer.write_batch(batch)
 
 
 def _lap(start: float, steps: dict) -> float:

@@ -44,6 +44,7 @@ class SearchRequest:
     queries: tuple[str, ...]
     k: int
     instruction: str | None  # None: the encoder's query instruction
+    group_by: str | None = None  # "doc" | "passage" on a chunked index; None: "doc" there (no effect unchunked)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class _SearchBody(BaseModel):
     queries: list[StrictStr] | None = None
     k: StrictInt = 10
     instruction: StrictStr | None = None
+    group_by: Literal["doc", "passage"] | None = None
 
 
 class _EmbeddingBody(BaseModel):
@@ -95,7 +97,7 @@ def parse_search(body: dict, limits: Limits) -> SearchRequest:
     _check_texts(queries, "queries" if parsed.queries is not None else "query", limits)
     if not 1 <= parsed.k <= limits.max_k:
         raise ApiError(400, f"k must be between 1 and {limits.max_k}, got {parsed.k}", param="k")
-    return SearchRequest(tuple(queries), parsed.k, parsed.instruction)
+    return SearchRequest(tuple(queries), parsed.k, parsed.instruction, parsed.group_by)
 
 
 def parse_embeddings(body: dict, limits: Limits) -> EmbeddingRequest:

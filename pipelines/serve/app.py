@@ -109,10 +109,11 @@ class SearchService:
         instruction = served.query_instruction if request.instruction is None else request.instruction
         batch = self._tokenize(served, request.queries, instruction, "queries")
         vectors = await self._encode_batch(EncodeJob(served.encoder, batch))
-        results = await asyncio.to_thread(served.index.search_vectors, vectors, request.k)
-        return {"version": served.version, "k": request.k,
-                "results": [{"query": q, "hits": [h.to_dict() for h in hits]}
-                            for q, hits in zip(request.queries, results)]}
+        results = await asyncio.to_thread(served.index.search_vectors, vectors, request.k,
+                                          group_by=request.group_by)
+        grouping = served.index.grouping(request.group_by)  # None: an unchunked index, hits as they always were
+        return {"version": served.version, "k": request.k} | ({"group_by": grouping} if grouping else {}) | {
+            "results": [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in zip(request.queries, results)]}
 
     async def _embeddings(self, served: Served, body: dict) -> dict:
         request = parse_embeddings(body, self.limits)
@@ -163,6 +164,7 @@ class SearchService:
                 "vectors": int(served.index.index.ntotal),
                 "dim": served.encoder.dim,
                 "index_type": manifest["index"]["factory"],
+                "chunking": manifest.get("chunking"),  # set: the vectors are passages, search groups them
                 "encoder": {"source": manifest["encoder"]["source"], "identity": served.identity,
                             "device": str(served.encoder.device),
                             "dtype": str(served.encoder.dtype).replace("torch.", "")},

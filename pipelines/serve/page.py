@@ -83,6 +83,9 @@ function show(data) {
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.textContent = hit.rank + ". " + hit.id + "  score " + hit.score.toFixed(4);
+    if (hit.chunk !== null && hit.chunk !== undefined) {  // a chunked index: the document's best passage
+      meta.textContent += "  passage " + hit.chunk + ", chars " + hit.char_start + "-" + hit.char_end;
+    }
     item.appendChild(meta);
     if (hit.text !== null && hit.text !== undefined) {
       const text = document.createElement("div");
