@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from train_helpers import SENTENCES, fast_stage, save_tiny_causal_lm, write_corpus
+from train_helpers import SENTENCES, fast_stage, one_process_embedder, save_tiny_causal_lm, write_corpus
 
 from pipelines.train.config import ClusterSettings
 from pipelines.train.data import mntp_blocks, simcse_sentences
@@ -72,23 +72,14 @@ def test_two_worker_chain_through_adapt_job(ray_session, tiny):
 
 def _one_process_simcse_losses(model_dir, stage_dict, texts):
     """The same two SimCSE steps on one process with the whole batch, written out by hand."""
-    import torch
-
-    from l2v_core import enable_bidirectional, load_model, tokenize_texts
-    from l2v_core.contrastive import PooledEmbedder, set_attention_dropout, simcse_loss
-    from l2v_core.lora import apply_lora
+    from l2v_core import tokenize_texts
+    from l2v_core.contrastive import set_attention_dropout, simcse_loss
     from pipelines.train.config import SimCSESettings
-    from pipelines.train.loop_tools import make_optimizer
     from pipelines.train.simcse_loop import pad_right
 
     stage = SimCSESettings.model_validate(stage_dict)
-    torch.manual_seed(stage.seed)
-    body, tokenizer = load_model(model_dir, device="cpu")
-    enable_bidirectional(body)
-    lora_body = apply_lora(body, **stage.lora.model_dump())
+    body, embedder, tokenizer, optimizer, scheduler = one_process_embedder(model_dir, stage)
     set_attention_dropout(body, 0.0)
-    embedder = PooledEmbedder(lora_body, stage.pooling).train()
-    optimizer, scheduler = make_optimizer(lora_body, stage)
     batch = tokenize_texts(tokenizer, texts, max_length=stage.max_length)
     ids, attention = pad_right(batch.input_ids, tokenizer.pad_token_id)
     pool_mask, _ = pad_right(batch.pool_mask, 0)

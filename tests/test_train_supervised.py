@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from train_helpers import SENTENCES, save_tiny_causal_lm
+from train_helpers import SENTENCES, one_process_embedder, save_tiny_causal_lm
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +27,12 @@ PAIRS = [
 
 def _one_process_losses(model_dir, stage_dict, rows):
     """The same steps on one process with the whole batch and no cached gradients."""
-    import torch
-
-    from l2v_core import enable_bidirectional, load_model
-    from l2v_core.contrastive import PooledEmbedder
-    from l2v_core.lora import apply_lora
     from pipelines.train.config import SupervisedSettings
-    from pipelines.train.loop_tools import make_optimizer
     from pipelines.train.pairs import tokenize_pairs
     from pipelines.train.supervised_loop import pair_tensors, pairs_loss
 
     stage = SupervisedSettings.model_validate(stage_dict)
-    torch.manual_seed(stage.seed)
-    body, tokenizer = load_model(model_dir, device="cpu")
-    enable_bidirectional(body)
-    lora_body = apply_lora(body, **stage.lora.model_dump())
-    embedder = PooledEmbedder(lora_body, stage.pooling).train()
-    optimizer, scheduler = make_optimizer(lora_body, stage)
+    _, embedder, tokenizer, optimizer, scheduler = one_process_embedder(model_dir, stage)
     usable = [r for r in rows if r["query"] and r["positive"]]
     batch = tokenize_pairs({k: [r[k] for r in usable] for k in ("query", "positive", "negative")}
                            | {"instruction": [None] * len(usable)},

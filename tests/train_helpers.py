@@ -46,3 +46,24 @@ def fast_stage(**overrides) -> dict:
     base = dict(steps=4, batch_size=4, lr=5e-3, checkpoint_every=2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
     base.update(overrides)
     return base
+
+
+def one_process_embedder(model_dir: str, stage):
+    """What the contrastive loops build, by hand on one process (the reference their Ray Train
+    runs are compared with): a bidirectional body with a fresh LoRA (the stage's seed), the pooled
+    embedder in train mode, the optimizer and schedule -> (body, embedder, tokenizer, optimizer,
+    scheduler)."""
+    import torch
+
+    from l2v_core import enable_bidirectional, load_model
+    from l2v_core.contrastive import PooledEmbedder
+    from l2v_core.lora import apply_lora
+    from pipelines.train.loop_tools import make_optimizer
+
+    torch.manual_seed(stage.seed)
+    body, tokenizer = load_model(model_dir, device="cpu")
+    enable_bidirectional(body)
+    lora_body = apply_lora(body, **stage.lora.model_dump())
+    embedder = PooledEmbedder(lora_body, stage.pooling).train()
+    optimizer, scheduler = make_optimizer(lora_body, stage)
+    return body, embedder, tokenizer, optimizer, scheduler

@@ -1,5 +1,5 @@
-"""What the MNTP and SimCSE loops share: model building, optimizer, data position, checkpoints,
-the step log. Runs inside Ray Train workers (and in-process with num_workers=0)."""
+"""What the training loops share: model building, optimizer, data position, checkpoints, the
+step log. Runs inside Ray Train workers (and in-process with num_workers=0)."""
 
 from __future__ import annotations
 
@@ -112,6 +112,42 @@ class _as_directory:
     def __exit__(self, *exc):
         if self._cm:
             self._cm.__exit__(*exc)
+
+
+def embedding_body(config: LoopConfig, stage, device: torch.device):
+    """The decoder body a contrastive stage trains -> (body, lora_body, tokenizer): loaded without
+    its LM head, earlier adapters merged, bidirectional attention, a fresh LoRA (the same init on
+    every rank), gradient checkpointing when the stage asks."""
+    from l2v_core import enable_bidirectional, load_model
+    from l2v_core.lora import apply_lora
+
+    seed_everything(stage.seed)  # same LoRA init on every rank
+    body, tokenizer = load_model(config.model_path, with_lm_head=False, device=device, dtype=stage.dtype)
+    body = merge_earlier_adapters(body, config.merge)
+    enable_bidirectional(body)
+    lora_body = apply_lora(body, **stage.lora.model_dump())
+    if stage.gradient_checkpointing:
+        body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return body, lora_body, tokenizer
+
+
+def start_training(module: torch.nn.Module, lora_body, stage, config: LoopConfig, log: StepLog, *,
+                   counted: torch.nn.Module, workers: tuple[int, int], note: str = ""):
+    """Resume (adapter weights before sharding), wrap `module` for DDP/FSDP, log what trains
+    (`counted`'s parameters; `workers`: world size and nodes), and build the optimizer and
+    schedule (their state restored after sharding) -> (module, optimizer, scheduler, state)."""
+    from l2v_core.lora import count_trainable
+
+    from .distributed import prepare_for_training
+
+    resumed = load_checkpoint(lora_body, log)
+    module = prepare_for_training(module, config.strategy)
+    trainable, total = count_trainable(counted)
+    log.info(f"{workers[0]} worker(s) on {workers[1]} node(s); LoRA trains {trainable:,} of {total:,} parameters"
+             + (f"; {note}" if note else ""))
+    optimizer, scheduler = make_optimizer(lora_body, stage)
+    state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
+    return module, optimizer, scheduler, state
 
 
 def make_optimizer(model: torch.nn.Module, stage) -> tuple[torch.optim.Optimizer, object]:

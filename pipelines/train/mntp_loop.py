@@ -15,11 +15,11 @@ import ray.train
 import torch
 
 from l2v_core import enable_bidirectional, load_model
-from l2v_core.lora import apply_lora, count_trainable
+from l2v_core.lora import apply_lora
 from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
 from .config import MNTPSettings
-from .distributed import mean_over_ranks, prepare_for_training
+from .distributed import mean_over_ranks
 from .loop_config import LoopConfig
 from .loop_tools import (
     DROPOUT,
@@ -28,11 +28,10 @@ from .loop_tools import (
     batches,
     clip_and_step,
     fault_point,
-    load_checkpoint,
-    make_optimizer,
     merge_earlier_adapters,
     report,
     seed_everything,
+    start_training,
     start_worker,
     stream_seed,
 )
@@ -52,13 +51,8 @@ def mntp_loop(raw_config: dict) -> None:
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
-    objective = prepare_for_training(MNTPObjective(model), config.strategy)
-    trainable, total = count_trainable(model)
-    log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
-
-    optimizer, scheduler = make_optimizer(lora_body, stage)
-    state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
+    objective, optimizer, scheduler, state = start_training(MNTPObjective(model), lora_body, stage, config, log,
+                                                            counted=model, workers=(world, nodes))
     start_step = state.step
     mask_id = resolve_mask_token_id(tokenizer, stage.mask_token)
     special_ids = tokenizer.all_special_ids

@@ -15,25 +15,22 @@ import time
 
 import ray.train
 
-from l2v_core import enable_bidirectional, load_model
 from l2v_core.contrastive import PooledEmbedder, set_attention_dropout, simcse_loss
-from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SimCSESettings
-from .distributed import all_gather_with_grad, prepare_for_training
+from .distributed import all_gather_with_grad
 from .loop_config import LoopConfig
 from .loop_tools import (
     DROPOUT,
     autocast,
     batches,
     clip_and_step,
+    embedding_body,
     fault_point,
-    load_checkpoint,
-    make_optimizer,
-    merge_earlier_adapters,
     pad_right,
     report,
     seed_everything,
+    start_training,
     start_worker,
     stream_seed,
 )
@@ -44,22 +41,11 @@ def simcse_loop(raw_config: dict) -> None:
     stage = SimCSESettings.model_validate(config.stage)
     rank, world, device, nodes, log = start_worker("simcse", config)
 
-    seed_everything(stage.seed)  # same LoRA init on every rank
-    body, tokenizer = load_model(config.model_path, with_lm_head=False, device=device, dtype=stage.dtype)
-    body = merge_earlier_adapters(body, config.merge)
-    enable_bidirectional(body)
-    lora_body = apply_lora(body, **stage.lora.model_dump())
-    set_attention_dropout(body, stage.attention_dropout)
-    if stage.gradient_checkpointing:
-        body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    body, lora_body, tokenizer = embedding_body(config, stage, device)
+    set_attention_dropout(body, stage.attention_dropout)  # dropout is SimCSE's only augmentation
     embedder = PooledEmbedder(lora_body, stage.pooling).train()
-    resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
-    embedder = prepare_for_training(embedder, config.strategy)
-    trainable, total = count_trainable(body)
-    log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters")
-
-    optimizer, scheduler = make_optimizer(lora_body, stage)
-    state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
+    embedder, optimizer, scheduler, state = start_training(embedder, lora_body, stage, config, log, counted=body,
+                                                           workers=(world, nodes))
     start_step = state.step
     seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)

@@ -23,27 +23,24 @@ import numpy as np
 import ray.train
 import torch
 
-from l2v_core import enable_bidirectional, load_model
 from l2v_core.contrastive import NO_TEXT, PooledEmbedder, supervised_contrastive_loss
 from l2v_core.grad_cache import cached_backward
-from l2v_core.lora import apply_lora, count_trainable
 
 from .config import SupervisedSettings
-from .distributed import all_gather_with_grad, deferred_grad_sync, mean_over_ranks, prepare_for_training
+from .distributed import all_gather_with_grad, deferred_grad_sync, mean_over_ranks
 from .loop_config import LoopConfig
 from .loop_tools import (
     DROPOUT,
     autocast,
     batches,
     clip_and_step,
+    embedding_body,
     fault_point,
-    load_checkpoint,
-    make_optimizer,
-    merge_earlier_adapters,
     pad_right,
     peak_memory_mb,
     report,
     seed_everything,
+    start_training,
     start_worker,
     stream_seed,
 )
@@ -81,22 +78,11 @@ def supervised_loop(raw_config: dict) -> None:
     stage = SupervisedSettings.model_validate(config.stage)
     rank, world, device, nodes, log = start_worker("supervised", config)
 
-    seed_everything(stage.seed)  # same LoRA init on every rank
-    body, tokenizer = load_model(config.model_path, with_lm_head=False, device=device, dtype=stage.dtype)
-    body = merge_earlier_adapters(body, config.merge)
-    enable_bidirectional(body)
-    lora_body = apply_lora(body, **stage.lora.model_dump())
-    if stage.gradient_checkpointing:
-        body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    body, lora_body, tokenizer = embedding_body(config, stage, device)
     embedder = PooledEmbedder(lora_body, stage.pooling).train()
-    resumed = load_checkpoint(lora_body, log)  # adapter weights before sharding, optimizer after
-    embedder = prepare_for_training(embedder, config.strategy)
-    trainable, total = count_trainable(body)
-    log.info(f"{world} worker(s) on {nodes} node(s); LoRA trains {trainable:,} of {total:,} parameters; "
-             f"{'cached-gradient chunks of ' + str(stage.chunk_size) if stage.chunk_size else 'whole-batch'} steps")
-
-    optimizer, scheduler = make_optimizer(lora_body, stage)
-    state = resumed.restore_optimizer(lora_body, optimizer, scheduler)
+    steps = f"cached-gradient chunks of {stage.chunk_size}" if stage.chunk_size else "whole-batch"
+    embedder, optimizer, scheduler, state = start_training(embedder, lora_body, stage, config, log, counted=body,
+                                                           workers=(world, nodes), note=f"{steps} steps")
     start_step = state.step
     seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))  # dropout differs per rank and step
     per_worker = stage.batch_size // max(world, 1)
