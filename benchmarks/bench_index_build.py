@@ -87,7 +87,7 @@ def main(argv=None) -> list[dict]:
             info = build_index_on_workers(version, vectors_dir, args.dim, requested=args.index,
                                           memory_budget=int(args.memory_budget_gib * 2**30),
                                           recall_queries=args.recall_queries, recall_target=args.recall_target,
-                                          seed=args.seed, shards=workers)
+                                          seed=args.seed, shards=workers).info
             total = time.perf_counter() - start
             line = {"bench": "index_build", "workers": info["workers"],
                     "threads_per_worker": info["threads_per_worker"], "vectors": info["count"], "dim": args.dim,

@@ -69,7 +69,7 @@ def main(argv=None) -> list[dict]:
             version = work / kind
             (version / "vectors").mkdir(parents=True)
             os.link(work / "vectors" / "part-00000.parquet", version / "vectors" / "part-00000.parquet")
-            info = build_index(version, version / "vectors", args.dim, requested=kind, recall_queries=100)
+            info = build_index(version, version / "vectors", args.dim, requested=kind, recall_queries=100).info
             manifest = {"version": kind, "chunking": {"chunk_tokens": 0, "chunk_overlap": 0},
                         "vectors": {"columns": pq.read_schema(next((work / "vectors").iterdir())).names}}
             index = faiss.read_index(str(version / "index.faiss"))

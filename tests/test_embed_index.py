@@ -47,12 +47,13 @@ def test_auto_choice_follows_size_and_budget():
 def test_build_streams_chunks_and_measures_recall(tmp_path, kind, min_recall):
     folder, x = _vectors_dir(tmp_path)
     version = folder.parent
-    info = build_index(version, folder, 32, requested=kind, recall_queries=50, recall_target=0.95)
+    built = build_index(version, folder, 32, requested=kind, recall_queries=50, recall_target=0.95)
+    info = built.info
     saved = json.loads((version / "index_info.json").read_text())
     assert saved["count"] == len(x) and saved["dim"] == 32 and saved["metric"] == "inner_product"
     assert saved["kind"] == kind and saved["factory"] and saved["recall_queries"] == 50
     assert info["recall_at_10"] >= min_recall, info["tuning"]
-    assert info["tokens"] == 5 * len(x)
+    assert built.tokens == 5 * len(x) and built.count == len(x)
     index = faiss.read_index(str(version / "index.faiss"))
     id_map = pq.read_table(version / "id_map.parquet")
     assert id_map.num_rows == len(x) and id_map.column("faiss_id").to_pylist() == list(range(len(x)))
@@ -125,7 +126,7 @@ def test_small_change_updates_the_ivf_index_in_place(nightly_change, tmp_path):
     previous, current, kept, vectors, deleted, changed, old_x = nightly_change
     update, why = plan_index_update(previous, len(kept), len(vectors), 32, "ivf", 4 << 30)
     assert update, why
-    info = update_index(current, current / "vectors", previous, kept, 32, recall_queries=50, built_because=why)
+    info = update_index(current, current / "vectors", previous, kept, 32, recall_queries=50, built_because=why).info
     assert (info["built_by"], info["removed"], info["added"], info["count"]) == ("update", 60, 60, len(vectors))
     assert info["since_training"] == {"trained_count": 1200, "removed": 60, "added": 60}
     search, id_map, saved = _searcher(current)

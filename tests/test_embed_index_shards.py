@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_embed_index import _vectors_dir
 
-from pipelines.embed import faults
+from pipelines import faults
 from pipelines.embed.index_build import (
     append_in_order,
     build_index,
@@ -20,7 +20,6 @@ from pipelines.embed.index_build import (
     sample_rows,
     sample_vectors,
     stream_vectors,
-    vector_files,
 )
 from pipelines.embed.index_shards import (
     SHARDS_DIR,
@@ -33,6 +32,7 @@ from pipelines.embed.index_shards import (
     sample_range,
     train_serialized,
 )
+from pipelines.embed.layout import vector_files_in
 
 
 def _search(index, queries, nprobe=4):
@@ -52,7 +52,7 @@ def test_merged_shards_equal_a_serial_build_from_the_same_trained_index(tmp_path
     parts = [sample_range(layout, r, 32, query_rows[(query_rows >= r.start) & (query_rows < r.stop)],
                           train_rows[(train_rows >= r.start) & (train_rows < r.stop)]) for r in ranges]
     queries = np.concatenate([q for q, _ in parts])
-    expected_queries, expected_train = sample_vectors(vector_files(folder), 32, query_rows, train_rows)
+    expected_queries, expected_train = sample_vectors(vector_files_in(folder), 32, query_rows, train_rows)
     assert np.array_equal(queries, expected_queries)  # the sample a serial build takes
     trained, size = train_serialized(spec, 32, *[t for _, t in parts])
     assert size == len(trained) and np.array_equal(trained, train_serialized(spec, 32, expected_train)[0])
@@ -61,12 +61,12 @@ def test_merged_shards_equal_a_serial_build_from_the_same_trained_index(tmp_path
     shard_dir.mkdir()
     results = [add_shard(trained, spec, layout, r, 32, queries, shard_dir) for r in ranges]
     assert [r.count for r in results] == [650, 550] and all(r.attempts == 1 for r in results)
-    info = merge_shards(version, spec, results, queries, 0.95, 0.0, {"steps_s": {}, "workers": 2})
+    info = merge_shards(version, spec, results, queries, 0.95, 0.0, {"steps_s": {}, "workers": 2}).info
 
     serial_dir = tmp_path / "serial"
     serial_dir.mkdir()
     serial = faiss.deserialize_index(trained)
-    exact, _ = stream_vectors(vector_files(folder), 32, serial_dir, queries, append_in_order(serial, spec))
+    exact, _ = stream_vectors(vector_files_in(folder), 32, serial_dir, queries, append_in_order(serial, spec))
     merged = faiss.read_index(str(version / "index.faiss"))
     assert merged.ntotal == serial.ntotal == len(x)
     merged_scores, merged_ids = _search(merged, x[:200])
@@ -103,28 +103,29 @@ def _copy(folder, target):
 def test_build_on_two_workers_equals_the_serial_build(ray_session, tmp_path):
     folder, _ = _vectors_dir(tmp_path, n=1500)
     sharded = _copy(folder, tmp_path / "sharded")
-    serial = build_index(folder.parent, folder, 32, requested="ivf", recall_queries=50)
-    info = build_index_on_workers(sharded, sharded / "vectors", 32, requested="ivf", recall_queries=50, shards=2)
+    serial_built = build_index(folder.parent, folder, 32, requested="ivf", recall_queries=50)
+    built = build_index_on_workers(sharded, sharded / "vectors", 32, requested="ivf", recall_queries=50, shards=2)
+    serial, info = serial_built.info, built.info
     assert (info["workers"], info["threads_per_worker"], [s["rows"] for s in info["shards"]]) == (2, 1, [750, 750])
     assert set(info["steps_s"]) == {"sample", "train", "add", "merge", "tune_write"}
     assert (info["recall_at_10"], info["search_params"], info["count"]) == (
         serial["recall_at_10"], serial["search_params"], serial["count"])
-    assert info["tokens"] == serial["tokens"]
+    assert (built.tokens, built.truncated) == (serial_built.tokens, serial_built.truncated)
     assert np.array_equal(faiss.serialize_index(faiss.read_index(str(sharded / "index.faiss"))),
                           faiss.serialize_index(faiss.read_index(str(folder.parent / "index.faiss"))))
     assert pq.read_table(sharded / "id_map.parquet").equals(pq.read_table(folder.parent / "id_map.parquet"))
     assert not (sharded / SHARDS_DIR).exists()
     # Flat (and HNSW) are never sharded: one task builds them
-    flat = build_index_on_workers(_copy(folder, tmp_path / "flat"), folder, 32, requested="flat", shards=2)
+    flat = build_index_on_workers(_copy(folder, tmp_path / "flat"), folder, 32, requested="flat", shards=2).info
     assert flat["workers"] == 1 and flat["kind"] == "flat"
 
 
 def test_a_lost_shard_worker_is_retried(ray_session, tmp_path, monkeypatch):
     folder, _ = _vectors_dir(tmp_path, n=1500)
-    reference = build_index(folder.parent, folder, 32, requested="ivf", recall_queries=50)
+    reference = build_index(folder.parent, folder, 32, requested="ivf", recall_queries=50).info
     version = _copy(folder, tmp_path / "retried")
     monkeypatch.setenv(faults.ENV, f"{faults.INDEX_SHARD}:kill")  # SIGKILL the first shard worker to add a chunk
-    info = build_index_on_workers(version, version / "vectors", 32, requested="ivf", recall_queries=50, shards=2)
+    info = build_index_on_workers(version, version / "vectors", 32, requested="ivf", recall_queries=50, shards=2).info
     assert sorted(s["attempts"] for s in info["shards"]) == [1, 2]
     assert info["count"] == 1500 and info["recall_at_10"] == reference["recall_at_10"]
     assert pq.read_table(version / "id_map.parquet").equals(pq.read_table(folder.parent / "id_map.parquet"))

@@ -9,7 +9,7 @@ import pytest
 from embed_helpers import clean_texts, small_config, write_corpus
 
 from pipelines.embed import OutputLayout, run_embed
-from pipelines.embed.faults import InjectedFault
+from pipelines.faults import InjectedFault
 from pipelines.search import CorpusIndex
 
 

@@ -75,7 +75,7 @@ def test_unusable_id_type_stops_the_run_even_with_skip_bad_files(ray_session, ti
 
 def test_a_file_rewritten_between_scan_and_read_is_never_published(ray_session, tiny_encoder_dir, tmp_path,
                                                                    monkeypatch):
-    from pipelines.embed import faults
+    from pipelines import faults
 
     (tmp_path / "c").mkdir()
     path = tmp_path / "c" / "a.parquet"

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.embed.index_build import build_index, choose_index, sample_rows, sample_vectors, vector_files
+from pipelines.embed.index_build import build_index, choose_index, sample_rows, sample_vectors
+from pipelines.embed.layout import vector_files_in
 from pipelines.search import CorpusIndex, Hit
 
 DIM = 16
@@ -121,7 +122,7 @@ def test_sharded_and_updated_indexes_keep_doc_ids(tmp_path):
     layout = read_layout(version / "vectors")
     assert "doc_id" in layout.columns
     query_rows, train_rows = sample_rows(1200, 20, spec.train_size, 0)
-    queries, train = sample_vectors(vector_files(version / "vectors"), DIM, query_rows, train_rows)
+    queries, train = sample_vectors(vector_files_in(version / "vectors"), DIM, query_rows, train_rows)
     trained, _ = train_serialized(spec, DIM, train)
     results = [add_shard(trained, spec, layout, r, DIM, queries, sharded / SHARDS_DIR)
                for r in (ShardRange(0, 0, 700), ShardRange(1, 700, 1200))]
@@ -134,8 +135,8 @@ def test_sharded_and_updated_indexes_keep_doc_ids(tmp_path):
     _write_passages(current / "vectors", "part-00000.parquet", {"d1": changed})
     _write_passages(current / "vectors", "reused-00000.parquet", {d: docs[d] for d in names[2:]})
     kept = pa.array([f"{d}#{i}" for d in names[2:] for i in range(4)])
-    info = update_index(current, current / "vectors", version, kept, DIM, recall_queries=20)
-    assert info["built_by"] == "update" and info["removed"] == 8 and info["added"] == 2 and serial["count"] == 1200
+    info = update_index(current, current / "vectors", version, kept, DIM, recall_queries=20).info
+    assert info["built_by"] == "update" and info["removed"] == 8 and info["added"] == 2 and serial.count == 1200
     id_map = pq.read_table(current / "id_map.parquet")
     assert id_map.num_rows == 1194 and "d0" not in set(id_map.column("doc_id").to_pylist())
     assert id_map.filter(pa.compute.equal(id_map.column("doc_id"), "d1")).column("id").to_pylist() == ["d1#0", "d1#1"]

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from l2v_core.batching import padded_positions, plan_micro_batches
 
-from . import faults
+from .. import faults
 from .plan_tasks import planned_rows_of_file
 from .scan import Columns, compose_text, content_hash, normalize_ids, open_parquet
 

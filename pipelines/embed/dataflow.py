@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 
-from . import faults
+from .. import faults
 from .batch_udfs import EmbedActor, read_planned_rows, tokenize_rows, vectors_schema
 from .config import EmbedConfig
 from .plan import PlanSummary

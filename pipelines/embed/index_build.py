@@ -118,10 +118,6 @@ def _gib(n: int) -> str:
 
 
 # ------------------------------------------------------------------ streaming the vectors
-def vector_files(vectors_dir: Path) -> list[Path]:
-    return vector_files_in(vectors_dir)  # layout.py owns the vectors/ folder
-
-
 def count_vectors(files: list[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
@@ -197,13 +193,13 @@ def as_matrix(column: pa.Array, dim: int) -> np.ndarray:
 # ------------------------------------------------------------------ build
 def build_index(version_dir: Path, vectors_dir: Path, dim: int, *, requested: str = "auto",
                 memory_budget: int = 4 << 30, recall_queries: int = 200, recall_target: float = 0.95,
-                seed: int = 0, built_because: str = "a fresh build") -> dict:
+                seed: int = 0, built_because: str = "a fresh build") -> BuiltIndex:
     """Write index.faiss, id_map.parquet and index_info.json into `version_dir`; returns the info
-    (plus 'tokens' and 'truncated' summed over the vectors). One process does every step: the
+    and the vectors' token and truncation totals (`BuiltIndex`). One process does every step: the
     run calls it inside one Ray task (`index_shards.py`) for Flat and HNSW indexes and for IVF
     indexes too small to shard; larger IVF indexes are added on several workers instead."""
     start = time.perf_counter()
-    files = vector_files(vectors_dir)
+    files = vector_files_in(vectors_dir)
     n = count_vectors(files)
     spec = choose_index(n, dim, requested, memory_budget)
     logger.info("index: %s for %d vectors of dim %d (%s)", spec.factory, n, dim, spec.reason)
@@ -257,8 +253,23 @@ def sample_rows(n: int, recall_queries: int, train_size: int, seed: int) -> tupl
     return query_rows, train_rows
 
 
+@dataclass(frozen=True)
+class BuiltIndex:
+    """What a build or an update hands back: the index's description (`info`, exactly what
+    index_info.json holds) and the totals of the vectors it streamed, which belong to the run's
+    counts, not to the index."""
+
+    info: dict
+    tokens: int
+    truncated: int
+
+    @property
+    def count(self) -> int:
+        return self.info["count"]
+
+
 def finish_index(index, spec: IndexSpec, version_dir: Path, queries: np.ndarray, exact: tuple, totals: dict,
-                 recall_target: float, start: float, extra: dict) -> dict:
+                 recall_target: float, start: float, extra: dict) -> BuiltIndex:
     """Tune the search knob on the recall queries, write the index and index_info.json."""
     tuned_from = time.perf_counter()
     tuning = _tune(index, spec, queries, exact, recall_target)
@@ -287,7 +298,7 @@ def finish_index(index, spec: IndexSpec, version_dir: Path, queries: np.ndarray,
         "index_file": INDEX_FILE,
     }
     (version_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return {**info, **totals}
+    return BuiltIndex(info, tokens=totals["tokens"], truncated=totals["truncated"])
 
 
 def sample_vectors(files, dim, query_rows, train_rows) -> tuple[np.ndarray, np.ndarray | None]:

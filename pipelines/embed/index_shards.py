@@ -1,6 +1,6 @@
 """The FAISS index built on Ray workers: trained once on a sample, added in shards, merged.
 
-    info = build_index_on_workers(version_dir, version_dir / "vectors", dim, requested="auto")
+    built = build_index_on_workers(version_dir, version_dir / "vectors", dim, requested="auto")
 
 Where each step runs (the driver plans and waits; it never holds the vectors, nor the index):
 
@@ -50,7 +50,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -59,13 +59,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from . import faults
+from .. import faults
 from .index_build import (
     CHUNK_ROWS,
     DOC_ID,
     ID_MAP_FILE,
     RECALL_K,
     VECTOR_COLUMNS,
+    BuiltIndex,
     IndexSpec,
     append_in_order,
     as_matrix,
@@ -79,9 +80,9 @@ from .index_build import (
     stream_chunks,
     train_index,
     vector_columns,
-    vector_files,
 )
 from .index_update import update_index
+from .layout import vector_files_in
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +143,10 @@ class WorkerPlan:
 # ------------------------------------------------------------------ the driver's side
 def build_index_on_workers(version_dir: Path, vectors_dir: Path, dim: int, *, requested: str = "auto",
                            memory_budget: int = 4 << 30, recall_queries: int = 200, recall_target: float = 0.95,
-                           seed: int = 0, built_because: str = "a fresh build", shards: int | None = None) -> dict:
+                           seed: int = 0, built_because: str = "a fresh build",
+                           shards: int | None = None) -> BuiltIndex:
     """Write index.faiss, id_map.parquet and index_info.json into `version_dir` using Ray tasks
-    (steps in the module docstring); returns the info like `build_index`. `shards`: how many
+    (steps in the module docstring); returns a `BuiltIndex` like `build_index`. `shards`: how many
     add tasks (default: one per CPU of the cluster, at most one per MIN_SHARD_ROWS vectors)."""
     start = time.perf_counter()
     layout = read_layout(vectors_dir)
@@ -155,9 +157,9 @@ def build_index_on_workers(version_dir: Path, vectors_dir: Path, dim: int, *, re
                 "recall_target": recall_target, "seed": seed, "built_because": built_because}
     if plan.shards == 1:
         logger.info("index: %s for %d vectors in one task (%d threads)", spec.factory, n, plan.single_cpus)
-        info = _get(_task(plan.single_cpus).remote(plan.single_cpus, build_index, version_dir, vectors_dir, dim,
-                                                   **settings), "building the index")
-        return {**info, "threads_per_worker": plan.single_cpus}
+        built = _get(_task(plan.single_cpus).remote(plan.single_cpus, build_index, version_dir, vectors_dir, dim,
+                                                    **settings), "building the index")
+        return replace(built, info={**built.info, "threads_per_worker": plan.single_cpus})
     logger.info("index: %s for %d vectors of dim %d (%s); %d shards of ~%d vectors, %d thread(s) each",
                 spec.factory, n, dim, spec.reason, plan.shards, math.ceil(n / plan.shards), plan.shard_cpus)
     shard_dir = Path(version_dir) / SHARDS_DIR
@@ -170,7 +172,7 @@ def build_index_on_workers(version_dir: Path, vectors_dir: Path, dim: int, *, re
 
 
 def update_index_on_worker(version_dir: Path, vectors_dir: Path, previous_dir: Path,
-                           kept_ids: Callable[[], pa.Array], dim: int, **settings) -> dict:
+                           kept_ids: Callable[[], pa.Array], dim: int, **settings) -> BuiltIndex:
     """`index_update.update_index` in one Ray task (it streams every vector of the version).
 
     `kept_ids` is called inside the task: the kept ids number as many as the corpus, so they are
@@ -180,12 +182,13 @@ def update_index_on_worker(version_dir: Path, vectors_dir: Path, previous_dir: P
                                    **settings), "updating the index")
 
 
-def _update_with(version_dir, vectors_dir, previous_dir, kept_ids: Callable[[], pa.Array], dim, **settings) -> dict:
+def _update_with(version_dir, vectors_dir, previous_dir, kept_ids: Callable[[], pa.Array], dim,
+                 **settings) -> BuiltIndex:
     return update_index(version_dir, vectors_dir, previous_dir, kept_ids(), dim, **settings)
 
 
 def _build_sharded(version_dir, layout, dim, spec: IndexSpec, plan: WorkerPlan, shard_dir: Path, start: float,
-                   recall_queries: int, recall_target: float, seed: int, built_because: str) -> dict:
+                   recall_queries: int, recall_target: float, seed: int, built_because: str) -> BuiltIndex:
     ranges = split_ranges(layout.total, plan.shards)
     query_rows, train_rows = sample_rows(layout.total, recall_queries, spec.train_size, seed)
     steps: dict[str, float] = {}
@@ -224,10 +227,10 @@ def _build_sharded(version_dir, layout, dim, spec: IndexSpec, plan: WorkerPlan, 
     }
     merge = _task(plan.single_cpus).remote(plan.single_cpus, merge_shards, Path(version_dir), spec, results, queries,
                                            recall_target, time.perf_counter() - start, extra)
-    info = _get(merge, "merging the index shards")
-    logger.info("index: merged %d shards into %d vectors, recall@10 %.3f (%s)", len(results), info["count"],
-                info["recall_at_10"], info["search_params"])
-    return info
+    built = _get(merge, "merging the index shards")
+    logger.info("index: merged %d shards into %d vectors, recall@10 %.3f (%s)", len(results), built.count,
+                built.info["recall_at_10"], built.info["search_params"])
+    return built
 
 
 def _gather_shards(adding: dict) -> list[ShardResult]:
@@ -269,7 +272,7 @@ def _cause(err: Exception) -> str:
 
 
 def read_layout(vectors_dir: Path) -> VectorsLayout:
-    files = vector_files(vectors_dir)
+    files = vector_files_in(vectors_dir)
     groups = []
     for path in files:
         meta = pq.ParquetFile(path).metadata
@@ -409,9 +412,9 @@ def add_shard(trained: np.ndarray, spec: IndexSpec, layout: VectorsLayout, shard
 
 
 def merge_shards(version_dir: Path, spec: IndexSpec, results: list[ShardResult], queries: np.ndarray,
-                 recall_target: float, elapsed: float, extra: dict) -> dict:
+                 recall_target: float, elapsed: float, extra: dict) -> BuiltIndex:
     """Merge the shard indexes (in shard order) into one, then tune and write it like a serial
-    build (`finish_index`). Returns the info."""
+    build (`finish_index`)."""
     start = time.perf_counter() - elapsed  # build_seconds counts the whole build, not this task
     merging = time.perf_counter()
     index = faiss.read_index(str(results[0].index_file))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from .index_build import (
     INFO_FILE,
+    BuiltIndex,
     IndexSpec,
     choose_index,
     count_vectors,
@@ -35,8 +36,8 @@ from .index_build import (
     sample_rows,
     sample_vectors,
     stream_vectors,
-    vector_files,
 )
+from .layout import vector_files_in
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +86,14 @@ def _since_training(info: dict) -> dict:
 
 def update_index(version_dir: Path, vectors_dir: Path, previous_dir: Path, kept_ids: pa.Array, dim: int, *,
                  recall_queries: int = 200, recall_target: float = 0.95, seed: int = 0,
-                 built_because: str = "") -> dict:
+                 built_because: str = "") -> BuiltIndex:
     """Write index.faiss, id_map.parquet and index_info.json into `version_dir` by updating the
     previous version's IVF index. `kept_ids`: ids whose vector was copied unchanged from
     `previous_dir`; every other id of the previous index is removed, every other row of
-    `vectors_dir` added. Returns the info like `build_index`."""
+    `vectors_dir` added. Returns a `BuiltIndex` like `build_index`."""
     start = time.perf_counter()
     previous = json.loads((previous_dir / INFO_FILE).read_text())
-    files = vector_files(vectors_dir)
+    files = vector_files_in(vectors_dir)
     n = count_vectors(files)
     spec = IndexSpec(previous["kind"], previous["factory"], previous["chosen_because"],
                      previous["memory_bytes_estimate"], previous["params"])

@@ -41,7 +41,8 @@ def vector_identity(encoder_identity: dict, dtype: str, instruction: str | None,
 
 def build_manifest(*, version: str, previous: str | None, cfg, encoder, instruction: str | None,
                    plan, counts: dict, index_info: dict, throughput: dict, timings: dict) -> dict:
-    """encoder: dataflow.EncoderInfo; plan: plan.PlanSummary."""
+    """encoder: dataflow.EncoderInfo; plan: plan.PlanSummary; index_info: index_info.json's
+    contents (`index_build.BuiltIndex.info`)."""
     return {
         "format": FORMAT,
         "version": version,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
-from . import faults
+from .. import faults
 from .incremental import ReuseSources, describe_reuse
 from .plan_tasks import (
     PLAN_FILE,

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import faults
+from .. import faults
 from .scan import DUPLICATE_ID, GOOD_SCHEMA, QUARANTINE_SCHEMA, Columns, scan_file
 
 ROW_BITS = 40  # a row's place in input order: (file_index << 40) + row; a stored row's rank: (source << 40) + row

@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 
+from .. import faults
 from ..sources import list_parquet_files
-from . import faults
 from .batch_udfs import INPUT_CHANGED, count_documents, read_actor_stats, vectors_schema
 from .config import EmbedConfig
 from .dataflow import (
@@ -35,6 +35,7 @@ from .dataflow import (
     placement,
 )
 from .incremental import ReuseSources, copy_reused, published_identity, reuse_sources, write_run_record
+from .index_build import BuiltIndex
 from .index_shards import build_index_on_workers, update_index_on_worker
 from .index_update import plan_index_update
 from .layout import QUARANTINE_FILE, DamagedOutputError, OutputLayout, sync_tree, vector_files_of
@@ -122,15 +123,15 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         timings["embed"] = _lap(started, timings)
         faults.point("after_vectors")
 
-        index_info = _index(cfg, version_dir, encoder.dim, plan, written)
+        built = _index(cfg, version_dir, encoder.dim, plan, written)
         timings["index"] = _lap(started, timings)
         faults.point("after_index")
 
-        counts = _counts(plan, index_info, chunked=cfg.chunking is not None)
+        counts = _counts(plan, built, chunked=cfg.chunking is not None)
         stats = read_actor_stats(version_dir / "_stats")
         shutil.rmtree(version_dir / "_stats", ignore_errors=True)
         _drop_plan_scratch(plan.plan_dir)
-        tokens = index_info["tokens"] - reused_tokens  # embedded by this run
+        tokens = built.tokens - reused_tokens  # embedded by this run
         throughput = {
             "tokens": tokens,
             "embed_stage_s": round(embed_seconds, 3),
@@ -147,7 +148,7 @@ def run_embed(cfg: EmbedConfig) -> EmbedResult:
         manifest = build_manifest(
             version=version, previous=previous, cfg=cfg, encoder=encoder,
             instruction=effective_instruction(cfg, encoder), plan=plan, counts=counts,
-            index_info=index_info, throughput=throughput, timings=timings,
+            index_info=built.info, throughput=throughput, timings=timings,
         )
         manifest["incremental"] = {"enabled": cfg.incremental, "decision": plan.decision}
         manifest["salvage"] = {"rows": plan.rows_salvaged, "from_versions": list(plan.salvaged_from),
@@ -295,7 +296,7 @@ def _log_reuse(cfg: EmbedConfig, plan: PlanSummary) -> None:
                        len(plan.skipped_files))
 
 
-def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: PlanSummary, vectors: int) -> dict:
+def _index(cfg: EmbedConfig, version_dir: Path, dim: int, plan: PlanSummary, vectors: int) -> BuiltIndex:
     """Update the previous IVF index in place when the change is small, else build afresh.
     `vectors`: how many the new version holds (passages, when documents are split)."""
     sources = plan.sources
@@ -348,11 +349,11 @@ def _plan_counts(plan: PlanSummary) -> dict:
     }
 
 
-def _counts(plan: PlanSummary, index_info: dict, *, chunked: bool) -> dict:
+def _counts(plan: PlanSummary, built: BuiltIndex, *, chunked: bool) -> dict:
     """The manifest's counts: documents (rows_*), and passages when documents are split."""
-    if not chunked and index_info["count"] != plan.rows_planned:
+    if not chunked and built.count != plan.rows_planned:
         raise RuntimeError(
-            f"{plan.rows_planned} rows were planned (embedded or reused) but the vectors hold {index_info['count']}: "
+            f"{plan.rows_planned} rows were planned (embedded or reused) but the vectors hold {built.count}: "
             f"refusing to publish an incomplete version"
         )
     counts = {
@@ -363,12 +364,12 @@ def _counts(plan: PlanSummary, index_info: dict, *, chunked: bool) -> dict:
         "rows_deleted": plan.rows_deleted,
         "rows_quarantined": plan.rows_quarantined,
         "quarantine_by_reason": dict(plan.quarantine_by_reason),
-        "rows_truncated": index_info["truncated"],
+        "rows_truncated": built.truncated,
         "files_read": len(plan.files),
         "files_skipped": len(plan.bad_files),
     }
     if chunked:
-        counts["passages_embedded"] = index_info["count"] - plan.passages_reused
+        counts["passages_embedded"] = built.count - plan.passages_reused
         counts["passages_reused"] = plan.passages_reused
     if counts["rows_read"] != counts["rows_embedded"] + counts["rows_reused"] + counts["rows_quarantined"]:
         raise RuntimeError(f"row accounting does not add up: {counts}")

@@ -19,7 +19,7 @@ class LoopConfig:
     strategy: str = "ddp"  # ddp | fsdp
     cpu_threads: int | None = None  # torch intra-op threads per worker on CPUs
     tracker_dir: str | None = None  # TensorBoard event files (rank 0), None = no tracker
-    fault: str | None = None  # crash tests: "<stage>_step_<n>[:kill]" (pipelines/embed/faults.py's syntax)
+    fault: str | None = None  # crash tests: "<stage>_step_<n>[:kill]" (pipelines/faults.py's syntax)
     fault_dir: str | None = None  # where a fired fault leaves its marker (it fires once per run)
 
     def __post_init__(self):

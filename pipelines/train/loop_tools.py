@@ -58,9 +58,9 @@ def start_worker(stage: str, config: LoopConfig) -> tuple[int, int, torch.device
 def fault_point(config: LoopConfig, stage: str, step: int) -> None:
     """Crash tests: fire `config.fault` when it names this stage and step ("mntp_step_3", or
     "mntp_step_3:kill" for SIGKILL), once per run (a restarted worker group carries on). The
-    same mechanism and syntax as the embed pipeline's L2V_FAULT (pipelines/embed/faults.py)."""
+    same mechanism and syntax as the embed pipeline's L2V_FAULT (pipelines/faults.py)."""
     if config.fault:
-        from ..embed import faults
+        from .. import faults
 
         faults.once(config.fault, f"{stage}_step_{step}", config.fault_dir)
 
