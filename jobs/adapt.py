@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tracker", choices=["none", "tensorboard"],
                    help="tensorboard: training curves in OUTPUT/tensorboard (tensorboard --logdir reads them)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a running cluster, else local)")
+    p.add_argument("--eval-stsb", help="folder with STS-B's sts-dev.csv: score the model being trained on its dev "
+                   "pairs every --eval-every steps (logged as stsb_dev, drawn in loss_curves.png)")
+    p.add_argument("--eval-every", type=int, help="steps between in-training STS-B dev evaluations (every stage)")
     p.add_argument("--eval-report", help="a jobs/evaluate.py --out report to put on the encoder's model card")
     return p.parse_args(argv)
 
@@ -91,6 +94,7 @@ def build_config(args: argparse.Namespace):
         raise UsageError(one_line(err)) from err
     overrides = {
         ("base_model",): args.base_model, ("text_column",): args.text_column, ("tracker",): args.tracker,
+        ("eval_stsb",): args.eval_stsb,
         ("stages",): args.stages.split(",") if args.stages else None,
         ("cluster", "num_workers"): args.num_workers, ("cluster", "cpus_per_worker"): args.cpus_per_worker,
         ("cluster", "use_gpu"): args.use_gpu, ("cluster", "strategy"): args.strategy,
@@ -102,6 +106,8 @@ def build_config(args: argparse.Namespace):
         ("supervised", "steps"): args.supervised_steps, ("supervised", "lr"): args.supervised_lr,
         ("supervised", "batch_size"): args.supervised_batch_size,
         **({(stage, "seed"): args.seed for stage in ("mntp", "simcse", "supervised")} if args.seed is not None else {}),
+        **({(stage, "eval_every"): args.eval_every for stage in ("mntp", "simcse", "supervised")}
+           if args.eval_every is not None else {}),
     }
     for keys, value in overrides.items():
         if value is not None:
@@ -124,6 +130,9 @@ def check_paths(args: argparse.Namespace, cfg) -> None:
         raise UsageError("the supervised stage needs --pairs PATH (parquet or JSONL with query and positive columns)")
     if cfg.tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]'")
+    if cfg.eval_stsb and not (Path(cfg.eval_stsb) / "sts-dev.csv").is_file():
+        raise UsageError(f"eval_stsb {cfg.eval_stsb}: no sts-dev.csv there (the in-training evaluation reads STS-B's "
+                         f"dev split)")
     for flag, value in (("--corpus", args.corpus), ("--simcse-corpus", args.simcse_corpus), ("--pairs", args.pairs)):
         if value and "://" not in value and not any(ch in value for ch in "*?[") and not Path(value).exists():
             raise UsageError(f"{flag} {value} does not exist")

@@ -111,3 +111,17 @@ def test_encoder_records_the_training_instructions_and_the_last_contrastive_pool
     assert encoder_pooling(cfg) == "last_token"
     only_mntp = cfg.model_copy(update={"stages": ["mntp"]})
     assert encoder_instructions(only_mntp) == {} and encoder_pooling(only_mntp) == "mean"
+
+
+def test_in_training_evaluation_needs_its_dev_data(tmp_path):
+    from pipelines.cli import UsageError
+
+    adapt = _adapt_module()
+    with pytest.raises(ValueError, match="eval_every needs eval_stsb"):
+        AdaptConfig(profile="x", stages=["mntp"], mntp={"eval_every": 10})
+    args = adapt.parse_args(["--corpus", "c.txt", "--output", str(tmp_path), "--eval-stsb", str(tmp_path),
+                             "--eval-every", "25"])
+    cfg = adapt.build_config(args)
+    assert cfg.eval_stsb == str(tmp_path) and cfg.mntp.eval_every == cfg.simcse.eval_every == 25
+    with pytest.raises(UsageError, match="no sts-dev.csv"):
+        adapt.check_paths(args, cfg)

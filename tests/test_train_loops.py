@@ -74,3 +74,30 @@ def test_loop_config_refuses_unknown_keys_and_a_fault_without_its_folder():
         LoopConfig.from_dict({"stage": {}, "model_path": "m", "fail_at_step": 3})
     with pytest.raises(ValueError, match="fault_dir"):
         LoopConfig(stage={}, model_path="m", fault="mntp_step_3")
+
+
+def test_in_training_stsb_dev_evaluation_logs_scores_and_leaves_training_unchanged(ray_session, tiny):
+    """eval_every=2 over 3 steps: a dev score after step 2 and after the last, every step's loss
+    equal to the same run without evaluation (it draws no random numbers, runs without dropout),
+    and the loss-curve PNG takes the scores on a second axis."""
+    from train_helpers import SENTENCES
+
+    from pipelines.train.plot import plot_losses
+
+    model, corpus, root = tiny
+    blocks = mntp_blocks(corpus, model_path=model, block_size=32)
+    plain = fast_stage(steps=3, block_size=32, mask_probability=0.3, lora={"r": 4, "alpha": 8, "dropout": 0.1})
+    _, without = _fit(mntp_loop, plain, model, blocks, root, "mntp_no_eval")
+    pairs = (tuple(SENTENCES[:4]), tuple(SENTENCES[4:]), (0.5, 4.0, 2.5, 1.0))
+    log = root / "mntp_eval.jsonl"
+    trainer = build_trainer(mntp_loop, {"stage": {**plain, "eval_every": 2}, "model_path": model,
+                                        "log_path": str(log), "eval_pairs": pairs},
+                            ClusterSettings(num_workers=0), name="mntp_eval", storage_path=str(root / "storage"),
+                            datasets={"train": blocks})
+    trainer.fit()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    scores = [(r["step"], r["stsb_dev"]) for r in records if "stsb_dev" in r]
+    assert [step for step, _ in scores] == [2, 3] and all(-100 <= s <= 100 for _, s in scores)
+    assert [r["loss"] for r in records if "loss" in r] == [r["loss"] for r in without]
+    png = plot_losses({"mntp": log}, root / "curves.png")
+    assert png is not None and png.stat().st_size > 1000

@@ -119,6 +119,23 @@ def model_reference(base_model: str | None) -> str:
     return "default" if is_default_model(base_model) else resolve_model_path(base_model)
 
 
+def dev_scores(log: Path) -> dict:
+    """{"stsb_dev": {step: score}} of a stage's in-training evaluations, or {} when it had none."""
+    records = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    scores = {r["step"]: r["stsb_dev"] for r in records if "stsb_dev" in r}
+    return {"stsb_dev": scores} if scores else {}
+
+
+def stsb_dev_pairs(folder: str, limit: int) -> tuple:
+    """The first `limit` STS-B dev pairs as (first sentences, second sentences, gold scores): read
+    here on the driver and handed to the workers in their loop config (a few hundred short
+    sentences), so the folder need not be reachable from every node."""
+    from pipelines.evaluation import load_stsb
+
+    pairs = load_stsb(folder, "dev")
+    return tuple(pairs.first[:limit]), tuple(pairs.second[:limit]), tuple(pairs.scores[:limit])
+
+
 def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcse_corpus: str | None = None,
               pairs: str | None = None) -> dict:
     """Run the configured stages in order and export. Returns the summary (also written as JSON)."""
@@ -131,6 +148,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
     instructions, pooling = encoder_instructions(cfg), encoder_pooling(cfg)
     history: list[dict] = [{"name": "bidirectional", "note": "attention switched to bidirectional, no training"}]
     checkpoints, logs, adapter_bases = [], {}, []
+    dev_pairs = stsb_dev_pairs(cfg.eval_stsb, cfg.eval_pairs) if cfg.eval_stsb else ()
 
     for index, stage_name in enumerate(cfg.stages):
         stage, spec = getattr(cfg, stage_name), STAGES[stage_name]
@@ -140,6 +158,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
             log_path=str(output / "logs" / f"{stage_name}.live.jsonl"), strategy=cfg.cluster.strategy,
             cpu_threads=cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker)),
             tracker_dir=str(output / "tensorboard" / stage_name) if cfg.tracker != "none" else None,
+            eval_pairs=dev_pairs if stage.eval_every else (),
         ).to_dict()
         start = time.perf_counter()
         result = run_stage(spec.loop, loop_config, cfg.cluster, name=f"{run_name}-{stage_name}", storage_path=storage,
@@ -154,7 +173,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
         history.append({
             "name": stage_name, "steps": stage.steps, "batch_size": stage.batch_size, "lr": stage.lr,
             "num_workers": cfg.cluster.num_workers, "wall_time_s": round(wall, 1),
-            "final_loss": result.metrics.get("loss"), **data_notes,
+            "final_loss": result.metrics.get("loss"), **dev_scores(logs[stage_name]), **data_notes,
             "lora": stage.lora.model_dump(), "adapter_base": base, "seed": stage.seed, **spec.details(stage),
         })
         logger.info("stage %s done in %.1f s (loss %s)", stage_name, wall, result.metrics.get("loss"))

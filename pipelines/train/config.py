@@ -57,6 +57,11 @@ class StageSettings(_Strict):
         False, description="Forward passes under torch.autocast(bfloat16) with float32 weights: mixed precision on "
         "GPUs, ~1.5x faster steps on CPUs with AMX / AVX512-BF16.",
     )
+    eval_every: int | None = Field(
+        None, gt=0, description="Steps between in-training evaluations on the STS-B dev pairs of `eval_stsb` "
+        "(Spearman x100 of the body being trained, mean-pooled; logged as stsb_dev and drawn in loss_curves.png); "
+        "also after the last step. null = none.",
+    )
 
 
 class MNTPSettings(StageSettings):
@@ -149,6 +154,11 @@ class AdaptConfig(_Strict):
     simcse: SimCSESettings = Field(default_factory=SimCSESettings)
     supervised: SupervisedSettings = Field(default_factory=SupervisedSettings)
     export_max_length: int = Field(512, gt=1, description="Max tokens per text of the exported encoder.")
+    eval_stsb: str | None = Field(
+        None, description="Folder with STS-B's sts-dev.csv for the stages' in-training evaluation (`eval_every`); "
+        "the dev split only: the test split stays for jobs/evaluate.py.",
+    )
+    eval_pairs: int = Field(300, gt=1, description="In-training evaluation: the first N STS-B dev pairs.")
     tracker: Literal["none", "tensorboard"] = Field(
         "none", description="tensorboard: rank 0 writes loss, lr, grad norm, tokens/s of every logged step to "
         "OUTPUT/tensorboard/<stage> (`tensorboard --logdir OUTPUT/tensorboard`)."
@@ -159,6 +169,14 @@ class AdaptConfig(_Strict):
     def _stages_once(self):
         if len(set(self.stages)) != len(self.stages) or not self.stages:
             raise ValueError(f"stages {self.stages}: name each stage once, e.g. [mntp, simcse] or [mntp, supervised]")
+        return self
+
+    @model_validator(mode="after")
+    def _evaluation_has_data(self):
+        evaluated = [name for name in self.stages if getattr(self, name).eval_every]
+        if evaluated and not self.eval_stsb:
+            raise ValueError(f"{', '.join(evaluated)}: eval_every needs eval_stsb (a folder with STS-B's sts-dev.csv; "
+                             f"--eval-stsb DIR)")
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ class LoopConfig:
     tracker_dir: str | None = None  # TensorBoard event files (rank 0), None = no tracker
     fault: str | None = None  # crash tests: "<stage>_step_<n>[:kill]" (pipelines/faults.py's syntax)
     fault_dir: str | None = None  # where a fired fault leaves its marker (it fires once per run)
+    eval_pairs: tuple = ()  # in-training evaluation: (first sentences, second sentences, gold scores), or ()
 
     def __post_init__(self):
         if self.fault and not self.fault_dir:
@@ -37,4 +38,5 @@ class LoopConfig:
             raise ValueError(f"unknown loop config keys {unknown}; known keys: {sorted(known)}")
         values = dict(config)
         values["merge"] = tuple(values.get("merge") or ())
+        values["eval_pairs"] = tuple(values.get("eval_pairs") or ())
         return cls(**values)

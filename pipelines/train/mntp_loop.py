@@ -15,6 +15,7 @@ import ray.train
 import torch
 
 from l2v_core import enable_bidirectional, load_model
+from l2v_core.contrastive import PooledEmbedder
 from l2v_core.lora import apply_lora
 from l2v_core.mntp import MNTPObjective, mask_tokens, resolve_mask_token_id
 
@@ -27,6 +28,7 @@ from .loop_tools import (
     autocast,
     batches,
     clip_and_step,
+    evaluate_now,
     fault_point,
     merge_earlier_adapters,
     report,
@@ -34,6 +36,7 @@ from .loop_tools import (
     start_training,
     start_worker,
     stream_seed,
+    stsb_dev_score,
 )
 
 
@@ -62,6 +65,7 @@ def mntp_loop(raw_config: dict) -> None:
     seed_everything(stream_seed(stage.seed, rank, state.step, DROPOUT))
     generator = torch.Generator().manual_seed(stream_seed(stage.seed, rank, state.step, MASKS))
     per_worker = stage.batch_size // max(world, 1)
+    dev_embedder = PooledEmbedder(lora_body, "mean")  # the body as the exported encoder pools it (eval_every)
     shard = ray.train.get_dataset_shard("train")
 
     step_start = time.perf_counter()
@@ -86,6 +90,10 @@ def mntp_loop(raw_config: dict) -> None:
             log.step(step=state.step, loss=mean_loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                      step_time_s=round(step_time, 4), tokens_per_s_per_worker=round(input_ids.numel() / step_time, 1),
                      epoch=state.epoch)
+        if evaluate_now(stage, state.step):
+            score = stsb_dev_score(dev_embedder, tokenizer, config.eval_pairs, stage, device)
+            log.step(step=state.step, stsb_dev=score)
+            step_start = time.perf_counter()  # the evaluation is not part of the next step's time
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": mean_loss, "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,

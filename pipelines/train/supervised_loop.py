@@ -35,6 +35,7 @@ from .loop_tools import (
     batches,
     clip_and_step,
     embedding_body,
+    evaluate_now,
     fault_point,
     pad_right,
     peak_memory_mb,
@@ -43,6 +44,7 @@ from .loop_tools import (
     start_training,
     start_worker,
     stream_seed,
+    stsb_dev_score,
 )
 
 
@@ -113,6 +115,9 @@ def supervised_loop(raw_config: dict) -> None:
             log.step(step=state.step, loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                      step_time_s=round(step_time, 4), tokens_per_s_per_worker=round(tokens / step_time, 1),
                      peak_memory_mb=peak_memory_mb(device), epoch=state.epoch)
+        if evaluate_now(stage, state.step):
+            log.step(step=state.step, stsb_dev=stsb_dev_score(embedder, tokenizer, config.eval_pairs, stage, device))
+            step_start = time.perf_counter()  # the evaluation is not part of the next step's time
         if state.step % stage.checkpoint_every == 0 or state.step == stage.steps:
             metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
