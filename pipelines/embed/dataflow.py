@@ -102,12 +102,10 @@ def _describe(model: str | None, max_length: int | None, device: str, dtype: str
     if chunking:
         from l2v_core import check_chunking
 
-        if instruction is None:
-            instruction = encoder.settings.instructions.get("document")
         try:
             check_chunking(encoder.tokenizer, chunk_tokens=chunking["chunk_tokens"],
                            overlap=chunking["chunk_overlap"], max_length=encoder.settings.max_length,
-                           instruction=instruction)
+                           instruction=document_instruction(instruction, encoder.settings.instructions))
         except ValueError as err:
             problem = str(err)
     return EncoderInfo(
@@ -200,5 +198,10 @@ def _embed_on_actors(ds: ray.data.Dataset, cfg: EmbedConfig, encoder: EncoderInf
 
 
 def effective_instruction(cfg: EmbedConfig, encoder: EncoderInfo) -> str | None:
-    """The instruction put before documents: the config's, else the encoder's 'document' one."""
-    return cfg.instruction if cfg.instruction is not None else encoder.instructions.get("document")
+    """The instruction put before documents (`document_instruction`)."""
+    return document_instruction(cfg.instruction, encoder.instructions)
+
+
+def document_instruction(configured: str | None, instructions: dict) -> str | None:
+    """The config's instruction, else the encoder's 'document' one."""
+    return configured if configured is not None else instructions.get("document")
