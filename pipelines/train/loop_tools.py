@@ -372,28 +372,29 @@ def evaluate_now(stage, step: int) -> bool:
 def stsb_dev_score(embedder: torch.nn.Module, tokenizer, pairs: tuple, stage, device: torch.device,
                    batch_texts: int = 32) -> float:
     """Spearman x100 of the STS-B dev pairs (`LoopConfig.eval_pairs`) under the model being
-    trained, as jobs/evaluate.py scores STS-B (its instruction, cosine of the pooled vectors).
-    Every rank runs it (FSDP shards need all of them); dropout is off while it runs."""
+    trained, scored by `pipelines.evaluation.evaluate_stsb` (what jobs/evaluate.py runs). Every
+    rank runs it (FSDP shards need all of them); dropout is off while it runs."""
     from l2v_core import tokenize_texts
-    from pipelines.evaluation import STS_INSTRUCTION, spearman
+    from pipelines.evaluation import evaluate_stsb
+    from pipelines.evaluation.data import StsPairs
+
+    def embed(texts: list[str], instruction: str | None) -> np.ndarray:
+        batch = tokenize_texts(tokenizer, texts, instruction, max_length=128)
+        vectors = []
+        for i in range(0, len(batch), batch_texts):
+            ids, attention = pad_right(batch.input_ids[i:i + batch_texts], tokenizer.pad_token_id)
+            pool, _ = pad_right(batch.pool_mask[i:i + batch_texts], 0)
+            with autocast(stage, device):
+                vectors.append(embedder(ids.to(device), attention.to(device), pool.to(device)).float().cpu())
+        return torch.cat(vectors).numpy()
 
     first, second, scores = pairs
-    batch = tokenize_texts(tokenizer, [*first, *second], STS_INSTRUCTION, max_length=128)
-    vectors = []
     embedder.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(batch), batch_texts):
-                ids, attention = pad_right(batch.input_ids[i:i + batch_texts], tokenizer.pad_token_id)
-                pool, _ = pad_right(batch.pool_mask[i:i + batch_texts], 0)
-                with autocast(stage, device):
-                    out = embedder(ids.to(device), attention.to(device), pool.to(device))
-                vectors.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
+            return evaluate_stsb(embed, StsPairs(list(first), list(second), list(scores)))["spearman"]
     finally:
         embedder.train()
-    both = torch.cat(vectors)
-    cosine = (both[: len(first)] * both[len(first):]).sum(-1).numpy()
-    return round(100 * spearman(cosine, np.asarray(scores)), 2)
 
 
 def seed_everything(seed: int) -> None:
