@@ -125,3 +125,16 @@ def test_in_training_evaluation_needs_its_dev_data(tmp_path):
     assert cfg.eval_stsb == str(tmp_path) and cfg.mntp.eval_every == cfg.simcse.eval_every == 25
     with pytest.raises(UsageError, match="no sts-dev.csv"):
         adapt.check_paths(args, cfg)
+
+
+def test_in_training_evaluation_pairs_span_the_whole_dev_file(tmp_path):
+    """The dev file is sorted by genre: the evaluation sample is spread over it, not its first rows."""
+    from pipelines.train.chain import stsb_dev_pairs
+
+    genres = ["captions"] * 6 + ["forums"] * 2 + ["news"] * 2
+    rows = [f"{g}\tf\t2012\t{i:04d}\t{i / 2:.1f}\tfirst {i}\tsecond {i}" for i, g in enumerate(genres)]
+    (tmp_path / "sts-dev.csv").write_text("\n".join(rows) + "\n")
+    first, second, scores = stsb_dev_pairs(str(tmp_path), 5)
+    assert first == ("first 0", "first 2", "first 4", "first 6", "first 8")  # captions, forums and news
+    assert second[3] == "second 6" and scores == (0.0, 1.0, 2.0, 3.0, 4.0)
+    assert len(stsb_dev_pairs(str(tmp_path), 50)[0]) == 10  # a limit above the file's size takes it whole

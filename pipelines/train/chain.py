@@ -127,13 +127,18 @@ def dev_scores(log: Path) -> dict:
 
 
 def stsb_dev_pairs(folder: str, limit: int) -> tuple:
-    """The first `limit` STS-B dev pairs as (first sentences, second sentences, gold scores): read
-    here on the driver and handed to the workers in their loop config (a few hundred short
-    sentences), so the folder need not be reachable from every node."""
+    """`limit` STS-B dev pairs spread evenly over the file, as (first sentences, second sentences,
+    gold scores). Spread, not the first `limit`: the file is sorted by genre and its first 625
+    pairs are all image and video captions, so a prefix would score one genre only (the test
+    split mixes captions, forums and news). Read here on the driver and handed to the workers in
+    their loop config (a few hundred short sentences), so the folder need not be reachable from
+    every node."""
     from pipelines.evaluation import load_stsb
 
     pairs = load_stsb(folder, "dev")
-    return tuple(pairs.first[:limit]), tuple(pairs.second[:limit]), tuple(pairs.scores[:limit])
+    total = len(pairs.scores)
+    rows = range(total) if limit >= total else [i * total // limit for i in range(limit)]
+    return tuple(tuple(column[i] for i in rows) for column in (pairs.first, pairs.second, pairs.scores))
 
 
 def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcse_corpus: str | None = None,
