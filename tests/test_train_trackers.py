@@ -94,3 +94,20 @@ def test_a_missing_mlflow_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
     with pytest.raises(RuntimeError, match=r"pip install 'l2v-ray\[jobs\]'"):
         open_tracker(TrackerSpec("mlflow", Path(tmp_path).as_uri(), "mntp", experiment="e"))
+
+
+def test_tensorboard_tracker_writes_stage_tags_and_closes(tmp_path):
+    """The same step log through the TensorBoard writer: tags "<stage>/<field>", read back by
+    tensorboard's own reader; step, epoch and elapsed time stay axes, not curves."""
+    pytest.importorskip("tensorboard", reason="--tracker tensorboard needs tensorboard (pip install 'l2v-ray[jobs]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipelines.train.loop_tools import StepLog
+
+    log = StepLog("simcse", 0, total=2, tracker=TrackerSpec("tensorboard", str(tmp_path / "tb"), "simcse"))
+    log.step(step=1, loss=0.5, lr=0.01, epoch=0)
+    log.step(step=2, loss=0.25, lr=0.005, epoch=0)
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert set(events.Tags()["scalars"]) == {"simcse/loss", "simcse/lr"}
+    assert [(e.step, e.value) for e in events.Scalars("simcse/loss")] == [(1, 0.5), (2, 0.25)]
