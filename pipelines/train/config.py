@@ -158,7 +158,7 @@ class AdaptConfig(_Strict):
         None, description="Folder with STS-B's sts-dev.csv for the stages' in-training evaluation (`eval_every`); "
         "the dev split only: the test split stays for jobs/evaluate.py.",
     )
-    eval_pairs: int = Field(300, gt=1, description="In-training evaluation: the first N STS-B dev pairs.")
+    eval_pairs: int = Field(300, gt=1, description="In-training evaluation: N STS-B dev pairs, spread over the file.")
     tracker: Literal["none", "tensorboard", "mlflow"] = Field(
         "none", description="Where rank 0 also sends loss, lr, grad norm, tokens/s and eval figures of every logged "
         "step. tensorboard: OUTPUT/tensorboard/<stage> (`tensorboard --logdir OUTPUT/tensorboard`). mlflow: one "
