@@ -70,8 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, help="supervised: cached-gradient chunk size (GradCache; 0 = off)")
     p.add_argument("--seed", type=int, help="seed of every stage (LoRA init, masks, dropout, data order)")
     p.add_argument("--text-column", help="text column of a parquet corpus")
-    p.add_argument("--tracker", choices=["none", "tensorboard"],
-                   help="tensorboard: training curves in OUTPUT/tensorboard (tensorboard --logdir reads them)")
+    p.add_argument("--tracker", choices=["none", "tensorboard", "mlflow"],
+                   help="training curves: tensorboard (OUTPUT/tensorboard, tensorboard --logdir reads them) or mlflow "
+                   "(one MLflow run per stage in experiment --name; MLFLOW_TRACKING_URI if set, else OUTPUT/mlruns)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a running cluster, else local)")
     p.add_argument("--eval-stsb", help="folder with STS-B's sts-dev.csv: score the model being trained on its dev "
                    "pairs every --eval-every steps (logged as stsb_dev, drawn in loss_curves.png)")
@@ -130,6 +131,9 @@ def check_paths(args: argparse.Namespace, cfg) -> None:
         raise UsageError("the supervised stage needs --pairs PATH (parquet or JSONL with query and positive columns)")
     if cfg.tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]'")
+    if cfg.tracker == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise UsageError("--tracker mlflow needs the mlflow-skinny package: pip install 'l2v-ray[jobs]' "
+                         "(or pip install 'mlflow-skinny>=3.17,<4')")
     if cfg.eval_stsb and not (Path(cfg.eval_stsb) / "sts-dev.csv").is_file():
         raise UsageError(f"eval_stsb {cfg.eval_stsb}: no sts-dev.csv there (the in-training evaluation reads STS-B's "
                          f"dev split)")

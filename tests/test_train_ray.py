@@ -1,6 +1,7 @@
 """Real Ray Train runs on a tiny model: the 2-worker chain through jobs/adapt.py, the SimCSE
 gather (2 workers = 1 worker with the combined batch), and resume after a failed run."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -33,9 +34,10 @@ def _records(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def test_two_worker_chain_through_adapt_job(ray_session, tiny):
+def test_two_worker_chain_through_adapt_job(ray_session, tiny, monkeypatch):
     """MNTP then SimCSE, 2 workers each, then export: loss finite and falling, checkpoints on
-    storage, an encoder that loads and encodes, adapters in peft format, a loss-curve PNG."""
+    storage, an encoder that loads and encodes, adapters in peft format, a loss-curve PNG, and
+    (--tracker mlflow) one finished MLflow run per stage holding the logged losses."""
     model, corpus, root = tiny
     config = root / "tiny.yaml"
     config.write_text(
@@ -46,7 +48,10 @@ def test_two_worker_chain_through_adapt_job(ray_session, tiny):
         "cluster: {num_workers: 2, cpus_per_worker: 0.5}\n"
     )
     out = root / "adapt"
-    summary = _adapt_main(["--corpus", corpus, "--output", str(out), "--base-model", model, "--config", str(config)])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, not a developer's server
+    tracker = ["--tracker", "mlflow"] if importlib.util.find_spec("mlflow") else []
+    summary = _adapt_main(["--corpus", corpus, "--output", str(out), "--base-model", model, "--config", str(config),
+                           *tracker])
 
     mntp = _records(out / "logs" / "mntp.jsonl")
     losses = [r["loss"] for r in mntp]
@@ -68,6 +73,18 @@ def test_two_worker_chain_through_adapt_job(ray_session, tiny):
     assert encoder.encode(SENTENCES[:2]).shape == (2, 64)
     assert (out / "stages" / "mntp" / "encoder" / "l2v_config.json").is_file()
     assert summary["stages"][1]["num_workers"] == 2
+
+    if tracker:  # read back by MLflow's own client from the default store, OUTPUT/mlruns
+        from mlflow.tracking import MlflowClient
+
+        assert summary["mlflow"] == {"tracking_uri": (out / "mlruns").as_uri(), "experiment": "adapt"}
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads a file store only with it
+        client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
+        runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("adapt").experiment_id])}
+        assert {name: r.info.status for name, r in runs.items()} == {"mntp": "FINISHED", "simcse": "FINISHED"}
+        history = sorted((m.step, m.value) for m in client.get_metric_history(runs["mntp"].info.run_id, "loss"))
+        assert history == [(r["step"], pytest.approx(r["loss"])) for r in mntp]
+        assert runs["simcse"].data.params["steps"] == "4" and runs["simcse"].data.params["num_workers"] == "2"
 
 
 def _one_process_simcse_losses(model_dir, stage_dict, texts):

@@ -9,12 +9,14 @@ Output layout:
     OUTPUT/stages/<stage>/     the encoder after each earlier stage (for evaluation)
     OUTPUT/logs/<stage>.jsonl  step logs; OUTPUT/loss_curves.png; OUTPUT/adapt_summary.json
     OUTPUT/ray_results/        Ray Train checkpoints (default storage_path)
+    OUTPUT/tensorboard/<stage> --tracker tensorboard; OUTPUT/mlruns/: --tracker mlflow (MLflow file store)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from .pairs import supervised_pairs
 from .plot import plot_losses
 from .simcse_loop import simcse_loop
 from .supervised_loop import supervised_loop
+from .trackers import TrackerSpec, flat_params
 from .trainer import check_storage, run_stage
 
 logger = logging.getLogger(__name__)
@@ -141,6 +144,28 @@ def stsb_dev_pairs(folder: str, limit: int) -> tuple:
     return tuple(tuple(column[i] for i in rows) for column in (pairs.first, pairs.second, pairs.scores))
 
 
+def mlflow_uri(output: Path) -> str:
+    """Where --tracker mlflow logs: the user's MLFLOW_TRACKING_URI when set (a server, a database),
+    else a file store in OUTPUT/mlruns. Resolved here on the driver: workers may not share its
+    environment."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (output / "mlruns").as_uri()
+
+
+def tracker_spec(cfg: AdaptConfig, output: Path, run_name: str, stage_name: str, model_ref: str) -> TrackerSpec | None:
+    """Where a stage's curves go: TensorBoard event files in OUTPUT/tensorboard/<stage>, or an MLflow
+    run named after the stage in the experiment named after the run (its --name), with the
+    stage's settings and the run's setup as params."""
+    if cfg.tracker == "tensorboard":
+        return TrackerSpec("tensorboard", str(output / "tensorboard" / stage_name), stage_name)
+    if cfg.tracker == "mlflow":
+        setup = {"profile": cfg.profile, "stages": ",".join(cfg.stages), "model": model_ref,
+                 "num_workers": cfg.cluster.num_workers, "strategy": cfg.cluster.strategy,
+                 "use_gpu": cfg.cluster.use_gpu}
+        params = flat_params(setup) | flat_params(getattr(cfg, stage_name).model_dump())
+        return TrackerSpec("mlflow", mlflow_uri(output), stage_name, experiment=run_name, params=params)
+    return None
+
+
 def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcse_corpus: str | None = None,
               pairs: str | None = None) -> dict:
     """Run the configured stages in order and export. Returns the summary (also written as JSON)."""
@@ -162,7 +187,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
             stage=stage.model_dump(), model_path=model_ref, merge=tuple(checkpoints),
             log_path=str(output / "logs" / f"{stage_name}.live.jsonl"), strategy=cfg.cluster.strategy,
             cpu_threads=cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker)),
-            tracker_dir=str(output / "tensorboard" / stage_name) if cfg.tracker != "none" else None,
+            tracker=tracker_spec(cfg, output, run_name, stage_name, model_ref),
             eval_pairs=dev_pairs if stage.eval_every else (),
         ).to_dict()
         start = time.perf_counter()
@@ -196,6 +221,7 @@ def run_chain(cfg: AdaptConfig, *, corpus: str | None, output: str | Path, simcs
         "storage_path": storage, "run_name": run_name, "stages": history,
         "export_wall_time_s": round(time.perf_counter() - start, 1),
         **({"tensorboard": str(output / "tensorboard")} if cfg.tracker == "tensorboard" else {}),
+        **({"mlflow": {"tracking_uri": mlflow_uri(output), "experiment": run_name}} if cfg.tracker == "mlflow" else {}),
     }
     (output / "adapt_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

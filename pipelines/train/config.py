@@ -159,9 +159,11 @@ class AdaptConfig(_Strict):
         "the dev split only: the test split stays for jobs/evaluate.py.",
     )
     eval_pairs: int = Field(300, gt=1, description="In-training evaluation: N STS-B dev pairs, spread over the file.")
-    tracker: Literal["none", "tensorboard"] = Field(
-        "none", description="tensorboard: rank 0 writes loss, lr, grad norm, tokens/s of every logged step to "
-        "OUTPUT/tensorboard/<stage> (`tensorboard --logdir OUTPUT/tensorboard`)."
+    tracker: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="Where rank 0 also sends loss, lr, grad norm, tokens/s and eval figures of every logged "
+        "step. tensorboard: OUTPUT/tensorboard/<stage> (`tensorboard --logdir OUTPUT/tensorboard`). mlflow: one "
+        "MLflow run per stage in the experiment named after the run (cluster.name), logged to MLFLOW_TRACKING_URI "
+        "when set, else to a file store in OUTPUT/mlruns.",
     )
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .trackers import TrackerSpec
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -18,7 +20,7 @@ class LoopConfig:
     log_path: str | None = None  # a live JSONL copy of the step log on rank 0's machine
     strategy: str = "ddp"  # ddp | fsdp
     cpu_threads: int | None = None  # torch intra-op threads per worker on CPUs
-    tracker_dir: str | None = None  # TensorBoard event files (rank 0), None = no tracker
+    tracker: TrackerSpec | None = None  # where rank 0 sends the step log's curves (TensorBoard, MLflow), or None
     fault: str | None = None  # crash tests: "<stage>_step_<n>[:kill]" (pipelines/faults.py's syntax)
     fault_dir: str | None = None  # where a fired fault leaves its marker (it fires once per run)
     eval_pairs: tuple = ()  # in-training evaluation: (first sentences, second sentences, gold scores), or ()

@@ -27,6 +27,7 @@ from transformers import get_linear_schedule_with_warmup
 from l2v_core.lora import load_adapter, load_lora_state_dict, merge_lora, save_adapter
 
 from .loop_config import LoopConfig
+from .trackers import TrackerSpec, open_tracker
 
 # Full (unsharded) tensors on the CPU, trainable ones only: the same checkpoint for DDP, FSDP and
 # one worker, and a few MB for a LoRA whatever the size of the frozen base.
@@ -51,7 +52,7 @@ def start_worker(stage: str, config: LoopConfig) -> tuple[int, int, torch.device
     rank, world = rank_and_world()
     set_cpu_threads(config.cpu_threads)
     device = ray.train.torch.get_device()
-    log = StepLog(stage, rank, config.log_path, total=config.stage.get("steps"), tracker_dir=config.tracker_dir)
+    log = StepLog(stage, rank, config.log_path, total=config.stage.get("steps"), tracker=config.tracker)
     return rank, world, device, count_nodes(), log
 
 
@@ -251,18 +252,21 @@ class StepLog:
 
     Records are kept in memory and copied into every checkpoint, so the log of a resumed run
     continues the checkpointed one (steps after the last checkpoint of a failed attempt are dropped).
-    `path` (optional) gets a live copy on rank 0's machine; `tracker_dir` (optional) a TensorBoard
-    event file of the numeric fields (`tensorboard --logdir` reads it).
+    `path` (optional) gets a live copy on rank 0's machine; `tracker` (optional) the numeric fields
+    of every record, in TensorBoard or MLflow (pipelines/train/trackers.py). `close()` when the stage
+    is done (it ends the MLflow run).
     """
 
+    UNTRACKED = ("step", "epoch", "elapsed_s")  # the x axes, not curves
+
     def __init__(self, stage: str, rank: int, path: str | None = None, *, total: int | None = None,
-                 tracker_dir: str | None = None):
+                 tracker: TrackerSpec | None = None):
         self.stage, self.rank, self.total = stage, rank, total
         self.records: list[dict] = []
         self.path = Path(path) if path and rank == 0 else None
         self._t0 = time.perf_counter()
         self._first: tuple[int, float] | None = None  # (step, time) of this process's first logged step
-        self._writer = tensorboard_writer(tracker_dir) if tracker_dir and rank == 0 else None
+        self._tracker = open_tracker(tracker) if tracker and rank == 0 else None
 
     def info(self, message: str) -> None:
         if self.rank == 0:
@@ -281,11 +285,15 @@ class StepLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key not in ("step", "epoch", "elapsed_s"):
-                    self._writer.add_scalar(f"{self.stage}/{key}", value, step)
-            self._writer.flush()
+        if self._tracker is not None:
+            self._tracker.write(step, {k: v for k, v in record.items()
+                                       if isinstance(v, int | float) and k not in self.UNTRACKED})
+
+    def close(self) -> None:
+        """The stage is done: close the tracker (an MLflow run ends as FINISHED)."""
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
     def _eta(self, step: int, now: float, record: dict) -> str:
         """' eta 12m05s' from this process's pace (the first line: its step time), '' when unknown."""
@@ -313,16 +321,6 @@ class StepLog:
 
     def copy_to(self, file: Path) -> None:
         file.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-
-def tensorboard_writer(folder: str):
-    """A TensorBoard SummaryWriter into `folder` (rank 0); a clear error when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise RuntimeError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]' "
-                           "(or pip install tensorboard)") from err
-    return SummaryWriter(log_dir=folder)
 
 
 def _fmt(value) -> str:

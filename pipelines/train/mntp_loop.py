@@ -98,3 +98,4 @@ def mntp_loop(raw_config: dict) -> None:
             metrics = {"loss": mean_loss, "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
                    {"stage": "mntp", "model_path": config.model_path})
+    log.close()  # the tracker is done: an MLflow run ends as FINISHED

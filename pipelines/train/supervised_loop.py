@@ -122,3 +122,4 @@ def supervised_loop(raw_config: dict) -> None:
             metrics = {"loss": loss.item(), "start_step": start_step, "nodes": nodes}
             report(state, metrics, lora_body, optimizer, scheduler, log,
                    {"stage": "supervised", "model_path": config.model_path})
+    log.close()  # the tracker is done: an MLflow run ends as FINISHED
