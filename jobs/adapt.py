@@ -27,7 +27,6 @@ One stage alone: --stages mntp (then --stages simcse --base-model OUTPUT/encoder
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -129,11 +128,10 @@ def check_paths(args: argparse.Namespace, cfg) -> None:
         raise UsageError(f"stages {','.join(cfg.stages)} need --corpus (MNTP text / SimCSE sentences)")
     if "supervised" in cfg.stages and not args.pairs:
         raise UsageError("the supervised stage needs --pairs PATH (parquet or JSONL with query and positive columns)")
-    if cfg.tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]'")
-    if cfg.tracker == "mlflow" and importlib.util.find_spec("mlflow") is None:
-        raise UsageError("--tracker mlflow needs the mlflow-skinny package: pip install 'l2v-ray[jobs]' "
-                         "(or pip install 'mlflow-skinny>=3.17,<4')")
+    from pipelines.train.trackers import missing_package
+
+    if cfg.tracker != "none" and (missing := missing_package(cfg.tracker)):
+        raise UsageError(missing)
     if cfg.eval_stsb and not (Path(cfg.eval_stsb) / "sts-dev.csv").is_file():
         raise UsageError(f"eval_stsb {cfg.eval_stsb}: no sts-dev.csv there (the in-training evaluation reads STS-B's "
                          f"dev split)")

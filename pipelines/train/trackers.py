@@ -30,6 +30,25 @@ class TrackerSpec:
     params: dict[str, str] = field(default_factory=dict)
 
 
+# The package each tracker imports, and how to install it: the job checks before Ray starts, the
+# trackers again where they import it.
+PACKAGES = {
+    "tensorboard": ("tensorboard", "the tensorboard package: pip install 'l2v-ray[jobs]' (or pip install tensorboard)"),
+    "mlflow": ("mlflow", "the mlflow-skinny package: pip install 'l2v-ray[jobs]' "
+                         "(or pip install 'mlflow-skinny>=3.17,<4')"),
+}
+
+
+def missing_package(kind: str) -> str | None:
+    """None when tracker `kind` can run here, else the message that says how to install it."""
+    import importlib.util
+
+    module, install = PACKAGES[kind]
+    if importlib.util.find_spec(module) is None:
+        return f"--tracker {kind} needs {install}"
+    return None
+
+
 class Tracker(Protocol):
     def write(self, step: int, values: dict[str, float]) -> None: ...
 
@@ -51,8 +70,7 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as err:
-            raise RuntimeError("--tracker tensorboard needs the tensorboard package: pip install 'l2v-ray[jobs]' "
-                               "(or pip install tensorboard)") from err
+            raise RuntimeError(missing_package("tensorboard") or str(err)) from err
         self.stage = stage
         self._writer = SummaryWriter(log_dir=folder)
 
@@ -77,8 +95,7 @@ class MlflowTracker:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError as err:
-            raise RuntimeError("--tracker mlflow needs the mlflow-skinny package: pip install 'l2v-ray[jobs]' "
-                               "(or pip install 'mlflow-skinny>=3.17,<4')") from err
+            raise RuntimeError(missing_package("mlflow") or str(err)) from err
         if uri.startswith("file:"):
             # MLflow 3 refuses a file store unless this opt-out is set (its replacement, a SQLite
             # store, needs SQLAlchemy, which mlflow-skinny does not bring); a user's explicit
