@@ -8,6 +8,7 @@ and `close()` when the stage finishes. One class per tool, so the step log never
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,8 +42,6 @@ PACKAGES = {
 
 def missing_package(kind: str) -> str | None:
     """None when tracker `kind` can run here, else the message that says how to install it."""
-    import importlib.util
-
     module, install = PACKAGES[kind]
     if importlib.util.find_spec(module) is None:
         return f"--tracker {kind} needs {install}"
