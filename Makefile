@@ -26,14 +26,20 @@ $(STAMP): pyproject.toml Makefile deploy/install.sh
 	  echo "note: chromium not installed (needs root and apt-get); the browser test will skip"; }
 	touch $(STAMP)
 
+# Test processes (pytest-xdist): most of the suite's time is new processes importing torch,
+# transformers and Ray, and one test file leaves a quarter of 2 cores idle; two files at a time
+# fill them (each process has its own local Ray). `--dist loadfile` keeps a file's tests, and
+# its module fixtures, in one process. TEST_WORKERS=0 runs in one process (debugging).
+TEST_WORKERS ?= 2
+
 # lint first (seconds), then every test but the GPU ones
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not gpu" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # the fast subset: no real default model, no multi-worker Ray Train
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not gpu" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, pyupgrade
 lint: $(STAMP)

@@ -5,6 +5,7 @@
         --mntp-steps 100 --stages mntp --split dev --limit 400 --tasks stsb    # a short look, dev only
     python benchmarks/bench_quality.py --config jobs/configs/cpu_supervised.yaml --seeds 1,2,3  # + SNLI pairs
     python benchmarks/bench_quality.py --quick     # the tiny random model on a tiny corpus: the plumbing
+    python benchmarks/bench_quality.py --merge s1.json s2.json s3.json   # seeds run apart, one distribution
 
 For every seed, the whole chain of `jobs/adapt.py` (`run_chain`, Ray Train) runs with that seed in
 both stages, into WORK/seed-<N>; then the final encoder is scored like `jobs/evaluate.py` does:
@@ -13,6 +14,10 @@ STS-B Spearman x100 (on --split: test, or dev while choosing settings) and SciFa
 JSON object: the machine (CPU model, AMX / AVX512-BF16, threads, torch), the settings, each seed's
 scores and final losses, and per score its mean, min, max and spread (max - min) over the seeds.
 A single run is one draw: publish the distribution, never the best seed.
+
+Seeds may run apart (one per machine, job or day: each is an hour of a 2-core CPU): save each
+run's output and `--merge` the files; the reports must agree on the profile, its settings and the
+machine, or the merge refuses (a distribution mixes draws of one recipe, not different recipes).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-dtype", help="float32 (CPU default) or bfloat16")
     p.add_argument("--work", help="folder for the runs (default: a temporary folder, removed)")
     p.add_argument("--quick", action="store_true", help="tiny random model, tiny corpus and data: checks the plumbing")
+    p.add_argument("--merge", nargs="+", metavar="REPORT",
+                   help="files holding earlier outputs of this script: print their seeds' combined distribution")
     return p.parse_args(argv)
 
 
@@ -134,6 +141,38 @@ def distribution(runs: list[dict]) -> dict:
     return out
 
 
+# what must match for reports to be merged into one distribution
+SAME_RECIPE = ("config", "stages", "steps", "autocast_bf16", "split", "limit", "machine")
+
+
+def merge(paths: list[str]) -> dict:
+    """The reports saved in `paths` (each file: this script's output; its last line is the report)
+    as one report with every seed's run and the combined distribution."""
+    reports = []
+    for path in paths:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        try:
+            report = json.loads(lines[-1]) if lines else {}
+        except json.JSONDecodeError:
+            report = {}
+        if not isinstance(report, dict) or report.get("bench") != "quality":
+            raise SystemExit(f"error: {path} does not end with a bench_quality report (its last line is the JSON)")
+        reports.append(report)
+    first = reports[0]
+    for path, report in zip(paths[1:], reports[1:]):
+        differs = [key for key in SAME_RECIPE if report.get(key) != first.get(key)]
+        if differs:
+            raise SystemExit(f"error: {path} differs from {paths[0]} in {', '.join(differs)}: "
+                             f"only runs of one recipe on one kind of machine make one distribution")
+    runs = [run for report in reports for run in report["runs"]]
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: a seed appears twice among {paths}: {sorted(seeds)}")
+    merged = {**first, "seeds": seeds, "runs": runs, "distribution": distribution(runs), "merged_from": list(paths)}
+    print(json.dumps(merged), flush=True)
+    return merged
+
+
 def quick_setup(args, root: Path) -> None:
     """--quick: the tiny random model, a tiny corpus, tiny STS-B / SciFact files, a few steps."""
     from l2v_core.testing import tiny_model_and_tokenizer
@@ -164,6 +203,8 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge)
     with tempfile.TemporaryDirectory(prefix="l2v-quality-") as scratch:
         work = Path(args.work).resolve() if args.work else Path(scratch)
         if args.quick:

@@ -2,6 +2,7 @@
 tiny model (one MNTP run through Ray Train, export, STS scoring)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,42 @@ def test_quick_run_prints_the_distribution(ray_session, tmp_path):
     assert -100 <= report["runs"][0]["stsb_test"] <= 100 and report["runs"][0]["mntp_final_loss"] > 0
     assert report["distribution"]["stsb_test"]["n"] == 1
     assert {"cpu", "amx", "avx512_bf16", "torch"} <= report["machine"].keys()
+
+
+def _report(seed: int, stsb: float, **changes) -> str:
+    report = {"bench": "quality", "config": "jobs/configs/cpu_quality.yaml", "stages": ["mntp", "simcse"],
+              "steps": {"mntp": 200, "simcse": 300}, "autocast_bf16": {"mntp": True, "simcse": True},
+              "split": "test", "limit": None, "machine": {"cpu": "AMD EPYC", "amx": False}, "seeds": [seed],
+              "runs": [{"seed": seed, "stsb_test": stsb}], **changes}
+    return json.dumps({"seed_done": report["runs"][0]}) + "\n" + json.dumps(report) + "\n"
+
+
+def test_seeds_run_apart_merge_into_one_distribution(tmp_path, capsys):
+    files = []
+    for seed, stsb in ((1, 30.0), (2, 36.0), (3, 33.0)):
+        files.append(tmp_path / f"s{seed}.json")
+        files[-1].write_text(_report(seed, stsb))
+    merged = _bench().main(["--merge", *map(str, files)])
+    assert merged["seeds"] == [1, 2, 3] and len(merged["runs"]) == 3
+    assert merged["distribution"]["stsb_test"] == {"mean": 33.0, "min": 30.0, "max": 36.0, "spread": 6.0, "n": 3}
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == merged
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": {"mntp": 50, "simcse": 300}}, "differs from"),  # another recipe
+    ({"machine": {"cpu": "Intel", "amx": True}}, "machine"),  # another kind of machine
+    ({}, "appears twice"),  # the same seed twice
+])
+def test_merge_refuses_reports_of_different_recipes_or_repeated_seeds(tmp_path, bad, message):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(_report(1, 30.0))
+    second.write_text(_report(1 if not bad else 2, 31.0, **bad))
+    with pytest.raises(SystemExit, match=message):
+        _bench().main(["--merge", str(first), str(second)])
+
+
+def test_merge_names_a_file_that_is_not_a_report(tmp_path):
+    junk = tmp_path / "junk.json"
+    junk.write_text("Traceback (most recent call last):\n")
+    with pytest.raises(SystemExit, match="junk.json does not end with a bench_quality report"):
+        _bench().main(["--merge", str(junk)])
