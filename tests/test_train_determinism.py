@@ -1,7 +1,8 @@
 """Same config and seed -> the same training: each stage runs twice through Ray Train (2 workers,
 DDP) on a tiny model; the step losses and the LoRA weights of the two runs must agree. Every random
 source is in play: LoRA init, MNTP masks, LoRA and attention dropout, the data split over workers,
-the seeded shuffle and the SimCSE batches."""
+the seeded shuffle and the SimCSE batches. The second run also evaluates on STS-B-like pairs every
+2 steps (`eval_every`): watching a run must not change it."""
 
 import json
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import fast_stage, save_tiny_causal_lm, write_corpus
+from train_helpers import SENTENCES, fast_stage, save_tiny_causal_lm, write_corpus
 
 from pipelines.train.config import ClusterSettings
 from pipelines.train.data import mntp_blocks, simcse_sentences
@@ -27,15 +28,23 @@ def tiny(tmp_path_factory):
     return save_tiny_causal_lm(root / "model"), write_corpus(root / "data", copies=12), root
 
 
-def _fit(loop, stage: dict, dataset, model: str, root: Path, name: str) -> tuple[list[float], dict]:
+EVAL_PAIRS = (SENTENCES[:6], SENTENCES[1:7], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+def _fit(loop, stage: dict, dataset, model: str, root: Path, name: str, *, evaluate: bool = False):
+    """-> (step losses, LoRA weights); `evaluate` adds the in-training evaluation every 2 steps."""
     log = root / f"{name}.jsonl"
-    config = {"stage": stage, "model_path": model, "log_path": str(log)}
+    if evaluate:
+        stage = {**stage, "eval_every": 2}
+    config = {"stage": stage, "model_path": model, "log_path": str(log), "eval_pairs": EVAL_PAIRS if evaluate else ()}
     cluster = ClusterSettings(num_workers=2, cpus_per_worker=0.5, max_failures=0)
     result = build_trainer(loop, config, cluster, name=name, storage_path=str(root / "storage"),
                            datasets={"train": dataset}).fit()
     with result.checkpoint.as_directory() as folder:
         weights = load_file(str(Path(folder) / ADAPTER_DIR / "adapter_model.safetensors"))
-    return [json.loads(line)["loss"] for line in log.read_text().splitlines()], weights
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sum("stsb_dev" in r for r in records) == (2 if evaluate else 0)  # evaluated at steps 2 and 4
+    return [r["loss"] for r in records if "loss" in r], weights
 
 
 def _assert_same(first, second):
@@ -67,5 +76,5 @@ def test_same_seed_gives_the_same_losses_and_lora_weights(ray_session, tiny, sta
             return simcse_sentences(corpus, model_path=model, max_length=32, split=True, min_chars=10)
         loop = simcse_loop
     first = _fit(loop, stage, dataset(), model, root, f"{stage_name}-a")
-    second = _fit(loop, stage, dataset(), model, root, f"{stage_name}-b")
+    second = _fit(loop, stage, dataset(), model, root, f"{stage_name}-b", evaluate=True)
     _assert_same(first, second)
