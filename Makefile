@@ -31,15 +31,16 @@ $(STAMP): pyproject.toml Makefile deploy/install.sh
 # fill them (each process has its own local Ray). `--dist loadfile` keeps a file's tests, and
 # its module fixtures, in one process. TEST_WORKERS=0 runs in one process (debugging).
 TEST_WORKERS ?= 2
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 # lint first (seconds), then every test but the GPU ones
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not gpu" -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not gpu" $(PARALLEL) --durations=15 $(PYTEST_ARGS)
 
 # the fast subset: no real default model, no multi-worker Ray Train
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PARALLEL) $(PYTEST_ARGS)
 
 # ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, pyupgrade
 lint: $(STAMP)

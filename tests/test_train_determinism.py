@@ -1,7 +1,7 @@
 """Same config and seed -> the same training: each stage runs twice through Ray Train (2 workers,
 DDP) on a tiny model; the step losses and the LoRA weights of the two runs must agree. Every random
 source is in play: LoRA init, MNTP masks, LoRA and attention dropout, the data split over workers,
-the seeded shuffle and the SimCSE batches. The second run also evaluates on STS-B-like pairs every
+the seeded shuffle and the SimCSE batches. The second run also evaluates on STS-B-shaped pairs every
 2 steps (`eval_every`): watching a run must not change it."""
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import SENTENCES, fast_stage, save_tiny_causal_lm, write_corpus
+from train_helpers import EVAL_PAIRS, fast_stage, save_tiny_causal_lm, write_corpus
 
 from pipelines.train.config import ClusterSettings
 from pipelines.train.data import mntp_blocks, simcse_sentences
@@ -26,9 +26,6 @@ pytestmark = pytest.mark.slow
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("determinism")
     return save_tiny_causal_lm(root / "model"), write_corpus(root / "data", copies=12), root
-
-
-EVAL_PAIRS = (SENTENCES[:6], SENTENCES[1:7], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
 
 
 def _fit(loop, stage: dict, dataset, model: str, root: Path, name: str, *, evaluate: bool = False):

@@ -80,7 +80,7 @@ def test_in_training_stsb_dev_evaluation_logs_scores_and_leaves_training_unchang
     """eval_every=2 over 3 steps: a dev score after step 2 and after the last, every step's loss
     equal to the same run without evaluation (it draws no random numbers, runs without dropout),
     and the loss-curve PNG takes the scores on a second axis."""
-    from train_helpers import SENTENCES
+    from train_helpers import EVAL_PAIRS
 
     from pipelines.train.plot import plot_losses
 
@@ -88,10 +88,9 @@ def test_in_training_stsb_dev_evaluation_logs_scores_and_leaves_training_unchang
     blocks = mntp_blocks(corpus, model_path=model, block_size=32)
     plain = fast_stage(steps=3, block_size=32, mask_probability=0.3, lora={"r": 4, "alpha": 8, "dropout": 0.1})
     _, without = _fit(mntp_loop, plain, model, blocks, root, "mntp_no_eval")
-    pairs = (tuple(SENTENCES[:4]), tuple(SENTENCES[4:]), (0.5, 4.0, 2.5, 1.0))
     log = root / "mntp_eval.jsonl"
     trainer = build_trainer(mntp_loop, {"stage": {**plain, "eval_every": 2}, "model_path": model,
-                                        "log_path": str(log), "eval_pairs": pairs},
+                                        "log_path": str(log), "eval_pairs": EVAL_PAIRS},
                             ClusterSettings(num_workers=0), name="mntp_eval", storage_path=str(root / "storage"),
                             datasets={"train": blocks})
     trainer.fit()

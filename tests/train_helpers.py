@@ -18,6 +18,9 @@ SENTENCES = [
     "A model adapted with contrastive learning embeds similar texts nearby.",
 ]
 
+# STS-B-shaped pairs for the in-training evaluation (`LoopConfig.eval_pairs`): (first, second, gold)
+EVAL_PAIRS = (tuple(SENTENCES[:4]), tuple(SENTENCES[4:]), (0.5, 4.0, 2.5, 1.0))
+
 
 def shared_data_dir() -> Path:
     """../shared/data next to the repo, or $L2V_SHARED_DATA."""
